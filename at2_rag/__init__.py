@@ -1,0 +1,40 @@
+"""at2-rag: faithful context attribution (AT2) for RAG pipelines — prune context, cite sources."""
+
+from .attributor import AnswerSentence, AT2Attributor, Attribution, ScoredSource
+from .errors import (
+    AT2Error,
+    ContextTooLongError,
+    DeviceError,
+    EstimatorError,
+    InputError,
+    ModelNotAvailableError,
+    UnsupportedModelError,
+)
+from .estimator import Estimator, ModelIdentity
+from .models import load_model
+from .prompts import Document, Prompt, Source, build_prompt
+from .sentences import split_sentences
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AT2Attributor",
+    "AT2Error",
+    "AnswerSentence",
+    "Attribution",
+    "ContextTooLongError",
+    "DeviceError",
+    "Document",
+    "Estimator",
+    "EstimatorError",
+    "InputError",
+    "ModelIdentity",
+    "ModelNotAvailableError",
+    "Prompt",
+    "ScoredSource",
+    "Source",
+    "UnsupportedModelError",
+    "build_prompt",
+    "load_model",
+    "split_sentences",
+]

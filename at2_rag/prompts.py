@@ -1,0 +1,269 @@
+"""Chat prompts built from (question, documents) with the exact token range of every source.
+
+The prompt is assembled from pieces tokenized one by one: the chat template's own text (special
+tokens parsed), and user text — headers, document sentences, the question — encoded as ordinary
+text (``split_special_tokens``), so a document containing ``<|im_end|>`` can never close the turn.
+Because each piece is tokenized on its own, no token straddles two sources and each source's token
+range decodes back to exactly its characters.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, Union
+
+from .errors import InputError
+from .sentences import split_sentences
+
+Granularity = Union[Literal["document", "sentence"], int]
+"""Source granularity: whole documents, sentences, or windows of that many tokens."""
+
+DEFAULT_INSTRUCTION = (
+    "Answer the question using only the search results below. Answer briefly, in one or two "
+    "sentences."
+)
+_MARKER = "\u2063AT2RAGCONTENT\u2063"
+
+
+@dataclass(frozen=True)
+class Document:
+    """A retrieved document (chunk) with an optional title and id."""
+
+    text: str
+    title: str | None = None
+    id: str | None = None
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+
+
+DocumentLike = Union[Document, str, Mapping[str, Any]]
+
+
+@dataclass(frozen=True)
+class Source:
+    """One attributable span of the context.
+
+    ``start``/``end`` are character offsets in the document's text (what a user highlights);
+    ``token_start``/``token_end`` the token range in the prompt; ``prompt_start``/``prompt_end``
+    the character range in :attr:`Prompt.text` that those tokens decode to (for a whole document
+    this includes its header line).
+    """
+
+    index: int
+    document: int
+    text: str
+    start: int
+    end: int
+    token_start: int
+    token_end: int
+    prompt_start: int
+    prompt_end: int
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """A tokenized prompt and where everything in it lies."""
+
+    input_ids: list[int]
+    text: str
+    question: str
+    documents: list[Document]
+    sources: list[Source]
+    granularity: Granularity
+    question_tokens: tuple[int, int]
+    """Token range of the question text."""
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+
+def as_document(item: DocumentLike, index: int = 0) -> Document:
+    """Coerce a string, mapping (``text``/``page_content``, ``title``, ``id``) or Document."""
+    if isinstance(item, Document):
+        doc = item
+    elif isinstance(item, str):
+        doc = Document(text=item)
+    elif isinstance(item, Mapping):
+        text = item.get("text", item.get("page_content"))
+        doc = Document(
+            text=text,  # type: ignore[arg-type]
+            title=item.get("title"),
+            id=None if item.get("id") is None else str(item.get("id")),
+            metadata=dict(item.get("metadata") or {}),
+        )
+    else:
+        raise InputError(
+            f"document {index} is a {type(item).__name__}; pass a str, a mapping with 'text', or "
+            "at2_rag.Document"
+        )
+    if not isinstance(doc.text, str):
+        raise InputError(
+            f"document {index} has text of type {type(doc.text).__name__}; document text must be a str"
+        )
+    if not doc.text.strip():
+        raise InputError(
+            f"document {index} is empty or whitespace-only; remove it before attributing (it cannot "
+            "have influenced the answer)"
+        )
+    if doc.title is not None and not isinstance(doc.title, str):
+        raise InputError(f"document {index} has a non-string title; pass a str or None")
+    return doc
+
+
+def as_documents(items: Iterable[DocumentLike]) -> list[Document]:
+    """Validate and coerce a list of documents; at least one is required."""
+    if isinstance(items, (str, Document)) or items is None:
+        raise InputError("documents must be a list of documents, not a single document or None")
+    docs = [as_document(item, i) for i, item in enumerate(items)]
+    if not docs:
+        raise InputError("no documents were given: attribution needs at least one document")
+    return docs
+
+
+class _Builder:
+    """Accumulates token pieces and their character extents."""
+
+    def __init__(self, tokenizer) -> None:
+        self.tokenizer = tokenizer
+        self.ids: list[int] = []
+        self.text: list[str] = []
+        self.chars = 0
+
+    def add(self, text: str, *, special: bool = False) -> tuple[int, int, int, int]:
+        """Append ``text``; return its (token_start, token_end, char_start, char_end)."""
+        ids = encode(self.tokenizer, text, special=special) if text else []
+        t0, c0 = len(self.ids), self.chars
+        self.ids.extend(ids)
+        self.text.append(text)
+        self.chars += len(text)
+        return t0, len(self.ids), c0, self.chars
+
+
+def encode(tokenizer, text: str, *, special: bool = False) -> list[int]:
+    """Token ids of ``text``; special-token text is parsed only when ``special`` is true."""
+    return list(
+        tokenizer(text, add_special_tokens=False, split_special_tokens=not special)["input_ids"]
+    )
+
+
+def template_parts(tokenizer, system_prompt: str | None = None) -> tuple[str, str, bool]:
+    """The chat template's text before and after the user message, and whether a template exists."""
+    if getattr(tokenizer, "chat_template", None):
+        messages = [{"role": "user", "content": _MARKER}]
+        if system_prompt is not None:
+            messages.insert(0, {"role": "system", "content": system_prompt})
+        rendered = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        if rendered.count(_MARKER) == 1:
+            before, after = rendered.split(_MARKER)
+            return before, after, True
+    # Documented fallback for tokenizers without a chat template: a plain completion prompt.
+    bos = tokenizer.bos_token or ""
+    before = bos + (system_prompt + "\n\n" if system_prompt else "")
+    return before, "\nAnswer:", False
+
+
+def build_prompt(
+    tokenizer,
+    question: str,
+    documents: Sequence[DocumentLike],
+    granularity: Granularity = "document",
+    *,
+    instruction: str = DEFAULT_INSTRUCTION,
+    system_prompt: str | None = None,
+) -> Prompt:
+    """Tokenize the RAG prompt for ``question`` over ``documents`` and locate every source."""
+    if not isinstance(question, str) or not question.strip():
+        raise InputError("the question must be a non-empty string")
+    _check_granularity(granularity)
+    docs = as_documents(documents)
+    before, after, _ = template_parts(tokenizer, system_prompt)
+    b = _Builder(tokenizer)
+    b.add(before, special=True)
+    b.add(instruction + "\n\n")
+    sources: list[Source] = []
+    for d, doc in enumerate(docs):
+        header = f"Document [{d + 1}]" + (f" (Title: {doc.title})" if doc.title else "") + "\n"
+        h_t0, _, h_c0, _ = b.add(header)
+        pieces = []  # (char range in doc, token range, char range in prompt, per-token doc offsets)
+        for s0, s1 in split_sentences(doc.text):
+            t0, t1, c0, c1 = b.add(doc.text[s0:s1])
+            pieces.append((s0, s1, t0, t1, c0, c1))
+        if granularity == "document":
+            last = pieces[-1]
+            sources.append(
+                Source(len(sources), d, doc.text, 0, len(doc.text), h_t0, last[3], h_c0, last[5])
+            )
+        elif granularity == "sentence":
+            for s0, s1, t0, t1, c0, c1 in pieces:
+                sources.append(Source(len(sources), d, doc.text[s0:s1], s0, s1, t0, t1, c0, c1))
+        else:
+            sources.extend(_token_windows(tokenizer, b.ids, doc, d, pieces, granularity, len(sources)))
+        b.add("\n\n")
+    b.add("Question:")
+    q_t0, q_t1, _, _ = b.add(" " + question)  # the space starts the first word, as BPE expects
+    b.add(after, special=True)
+    return Prompt(
+        input_ids=b.ids,
+        text="".join(b.text),
+        question=question,
+        documents=docs,
+        sources=sources,
+        granularity=granularity,
+        question_tokens=(q_t0, q_t1),
+    )
+
+
+def _check_granularity(granularity: Granularity) -> None:
+    if granularity in ("document", "sentence"):
+        return
+    if isinstance(granularity, bool) or not isinstance(granularity, int) or granularity < 1:
+        raise InputError(
+            f"granularity must be 'document', 'sentence' or a positive token count, got {granularity!r}"
+        )
+
+
+def _token_windows(tokenizer, ids, doc, d, pieces, size, first_index) -> list[Source]:
+    """Windows of ``size`` tokens over a document's body, cut only on clean character boundaries."""
+    # Every token start that falls on a character boundary of the document, as (token, doc char).
+    bounds: list[tuple[int, int]] = []
+    prompt_char = {}
+    for s0, s1, t0, t1, c0, _ in pieces:
+        starts = token_char_starts(tokenizer, ids[t0:t1], doc.text[s0:s1])
+        for k, off in enumerate(starts):
+            if off is not None:
+                bounds.append((t0 + k, s0 + off))
+                prompt_char[t0 + k] = c0 + off
+    end_tok, end_char = pieces[-1][3], len(doc.text)
+    end_prompt = pieces[-1][5]
+    windows, i = [], 0
+    while i < len(bounds):
+        t0, c0 = bounds[i]
+        j = i + 1
+        while j < len(bounds) and bounds[j][0] - t0 < size:
+            j += 1
+        t1, c1 = bounds[j] if j < len(bounds) else (end_tok, end_char)
+        p1 = prompt_char[t1] if j < len(bounds) else end_prompt
+        windows.append(
+            Source(first_index + len(windows), d, doc.text[c0:c1], c0, c1, t0, t1, prompt_char[t0], p1)
+        )
+        i = j
+    return windows
+
+
+def token_char_starts(tokenizer, ids: Sequence[int], text: str) -> list[int | None]:
+    """Character offset in ``text`` where each token starts, or None inside a split character.
+
+    Found by decoding growing prefixes, which works for any tokenizer whose decode reproduces
+    ``text``; tokens that do not start on a clean boundary (a multi-byte character split across
+    tokens) get None.
+    """
+    starts: list[int | None] = []
+    for k in range(len(ids)):
+        prefix = decode(tokenizer, ids[:k])
+        starts.append(len(prefix) if text.startswith(prefix) else None)
+    return starts
+
+
+def decode(tokenizer, ids: Sequence[int]) -> str:
+    """Decode exactly: special tokens kept, no whitespace clean-up."""
+    return tokenizer.decode(list(ids), skip_special_tokens=False, clean_up_tokenization_spaces=False)

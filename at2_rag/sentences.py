@@ -1,0 +1,59 @@
+"""A small, dependency-free sentence splitter that returns exact character spans.
+
+Spans tile the text: every character belongs to exactly one span, and the whitespace between two
+sentences is the *start* of the next span (byte-level BPE tokenizers attach a leading space to the
+following word, so token boundaries then fall on span boundaries).
+"""
+
+from __future__ import annotations
+
+import re
+
+# Abbreviations whose trailing period does not end a sentence.
+_ABBREVIATIONS = frozenset(
+    "mr mrs ms dr prof sr jr st vs etc e.g i.e u.s u.k no fig al approx dept est inc ltd co corp "
+    "jan feb mar apr jun jul aug sep sept oct nov dec mt ft gen col lt sgt rev".split()
+)
+_TERMINAL = re.compile(r"[.!?…]+[\"'”’)\]]*(?=\s)|[。！？]+[」』”’)\]]*")
+_BLANK_LINES = re.compile(r"\n\s*\n")
+
+
+def split_sentences(text: str) -> list[tuple[int, int]]:
+    """Return ``(start, end)`` character spans of the sentences of ``text``; they tile ``text``."""
+    if not text:
+        return []
+    cuts = set()
+    for match in _TERMINAL.finditer(text):
+        end = match.end()
+        if end >= len(text) or _is_abbreviation(text, match.start()):
+            continue
+        if match.group(0)[0] == "." and _next_word_is_lowercase(text, end):
+            continue
+        cuts.add(end)
+    for match in _BLANK_LINES.finditer(text):
+        cuts.add(match.start())
+    spans, start = [], 0
+    for cut in sorted(cuts):
+        if text[start:cut].strip():
+            spans.append((start, cut))
+            start = cut
+    if start < len(text):
+        if spans and not text[start:].strip():
+            spans[-1] = (spans[-1][0], len(text))  # trailing whitespace joins the last sentence
+        else:
+            spans.append((start, len(text)))
+    return spans
+
+
+def _is_abbreviation(text: str, period: int) -> bool:
+    word = re.search(r"([\w.]+)$", text[:period])
+    if word is None:
+        return False
+    token = word.group(1).lower().rstrip(".")
+    # Single letters ("J. Smith") and known abbreviations do not end sentences.
+    return token in _ABBREVIATIONS or (len(token) == 1 and token.isalpha())
+
+
+def _next_word_is_lowercase(text: str, pos: int) -> bool:
+    rest = text[pos:].lstrip()
+    return bool(rest) and rest[0].islower()
