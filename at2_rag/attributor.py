@@ -52,6 +52,8 @@ class AnswerSentence:
     start: int
     end: int
     scores: torch.Tensor
+    tokens: tuple[int, ...] = ()
+    """Indices of the answer tokens that make up this sentence."""
 
 
 @dataclass
@@ -321,7 +323,7 @@ class AT2Attributor:
         per_token = self.estimator.score(feats)  # (n, S)
         scores = per_token.mean(dim=0) if answer_ids else torch.zeros(len(prompt.sources))
         sentences = [
-            AnswerSentence(answer[s0:s1], s0, s1, per_token[tok].mean(dim=0))
+            AnswerSentence(answer[s0:s1], s0, s1, per_token[tok].mean(dim=0), tuple(tok))
             for (s0, s1), tok in _sentence_tokens(self.tokenizer, answer_ids, answer)
         ]
         return Attribution(

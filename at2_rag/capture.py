@@ -23,7 +23,7 @@ from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from .errors import UnsupportedModelError
 
-ATTENTION_NAME = "at2_sdpa"
+ATTENTION_NAME = "at2_capture"
 """Name of the capturing attention implementation (SDPA output + AT2 rows as a side effect)."""
 
 # Upper bound on the float32 score block (rows × keys × heads) built at once; bounds peak memory.

@@ -1,0 +1,162 @@
+"""Datasets in at2-rag's JSONL format, and the NQ-RAG builder.
+
+One JSON object a line (plain or ``.gz``)::
+
+    {"id": "q1", "question": "...", "documents": [{"id": "d1", "title": "...", "text": "..."}],
+     "answers": ["..."], "gold_document_ids": ["d1"]}
+
+``answers`` and ``gold_document_ids`` are optional. Splits are deterministic functions of the id.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import os
+import random
+import re
+import string
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from .errors import InputError
+
+SPLITS = ("train", "validation", "test")
+
+
+def split_of(example_id: str, fractions: tuple[float, float] = (0.6, 0.2)) -> str:
+    """Deterministic split from the id's hash: 60% train, 20% validation, 20% test by default."""
+    h = int(hashlib.sha256(str(example_id).encode()).hexdigest()[:8], 16) / 0x100000000
+    if h < fractions[0]:
+        return "train"
+    return "validation" if h < fractions[0] + fractions[1] else "test"
+
+
+def _open(path: str | Path, mode: str = "rt"):
+    return gzip.open(path, mode, encoding="utf-8") if str(path).endswith(".gz") else open(path, mode, encoding="utf-8")
+
+
+def read_jsonl(path: str | Path, split: str | None = None, limit: int | None = None) -> list[dict[str, Any]]:
+    """Read and validate examples, optionally only one split and at most ``limit`` of them."""
+    out = []
+    with _open(path) as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                ex = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise InputError(f"{path}:{lineno} is not valid JSON ({exc})") from exc
+            _validate(ex, f"{path}:{lineno}")
+            if split is None or split_of(ex["id"]) == split:
+                out.append(ex)
+                if limit is not None and len(out) >= limit:
+                    break
+    return out
+
+
+def _validate(ex: Any, where: str) -> None:
+    if not isinstance(ex, dict):
+        raise InputError(f"{where}: each line must be a JSON object")
+    for key in ("id", "question", "documents"):
+        if key not in ex:
+            raise InputError(f"{where}: missing required field {key!r}")
+    if not isinstance(ex["documents"], list) or not all(
+        isinstance(d, dict) and isinstance(d.get("text"), str) for d in ex["documents"]
+    ):
+        raise InputError(f"{where}: 'documents' must be a list of objects with a 'text' string")
+
+
+def write_jsonl(path: str | Path, examples: Iterable[dict[str, Any]]) -> Path:
+    """Write examples atomically (a crash leaves the old file or none, never half a file)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    os.close(fd)
+    try:
+        opener = gzip.open if str(path).endswith(".gz") else open
+        with opener(tmp, "wt", encoding="utf-8") as fh:
+            for ex in examples:
+                fh.write(json.dumps(ex, ensure_ascii=False) + "\n")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def normalize_answer(text: str) -> str:
+    """Lower-case, drop punctuation and articles, squeeze whitespace (the NQ-Open convention)."""
+    text = text.lower()
+    text = "".join(ch for ch in text if ch not in set(string.punctuation))
+    text = re.sub(r"\b(a|an|the)\b", " ", text)
+    return " ".join(text.split())
+
+
+def is_correct(prediction: str, answers: Iterable[str]) -> bool:
+    """True when a normalized gold answer occurs in the normalized prediction."""
+    pred = normalize_answer(prediction)
+    return any(normalize_answer(a) and normalize_answer(a) in pred for a in answers)
+
+
+def build_nq_rag(
+    source: str | Path,
+    out: str | Path,
+    *,
+    k: int = 10,
+    embedder=None,
+) -> dict[str, Any]:
+    """Turn NQ-Open (question + gold passage per line) into retrieval-augmented examples.
+
+    All gold passages form the pool; each question retrieves its top-``k`` passages with
+    all-MiniLM-L6-v2 and an exact FAISS inner-product index, in retriever order. Records where the
+    gold passage landed (``gold_rank``, None when it was not retrieved).
+    """
+    import faiss
+
+    from .embeddings import MiniLMEmbedder
+
+    with _open(source) as fh:
+        rows = [json.loads(line) for line in fh if line.strip()]
+    passages: dict[str, dict[str, str]] = {}
+    for row in rows:
+        pid = hashlib.sha256((row["title"] + "\n" + row["text"]).encode()).hexdigest()[:12]
+        row["_pid"] = pid
+        passages.setdefault(pid, {"id": pid, "title": row["title"], "text": row["text"]})
+    pool = list(passages.values())
+    embedder = embedder or MiniLMEmbedder()
+    doc_vecs = embedder.encode([f"{p['title']}. {p['text']}" for p in pool]).numpy()
+    index = faiss.IndexFlatIP(doc_vecs.shape[1])
+    index.add(doc_vecs)
+    q_vecs = embedder.encode([r["question"] for r in rows]).numpy()
+    _, hits = index.search(q_vecs, k)
+    examples, found = [], 0
+    for row, hit in zip(rows, hits):
+        docs = [pool[i] for i in hit.tolist()]
+        ranks = [i for i, d in enumerate(docs) if d["id"] == row["_pid"]]
+        found += bool(ranks)
+        examples.append(
+            {
+                "id": row["id"],
+                "question": row["question"],
+                "documents": docs,
+                "answers": row["answers"],
+                "gold_document_ids": [row["_pid"]],
+                "gold_rank": ranks[0] if ranks else None,
+                "split": split_of(row["id"]),
+            }
+        )
+    write_jsonl(out, examples)
+    top1 = sum(e["gold_rank"] == 0 for e in examples)
+    return {"examples": len(examples), "pool": len(pool), "gold_retrieved": found, "gold_top1": top1}
+
+
+def shuffled_documents(example: dict[str, Any], k: int, seed: int = 0) -> list[dict[str, Any]]:
+    """The first ``k`` retrieved documents in an order drawn from the example id (order carries no signal)."""
+    docs = list(example["documents"][:k])
+    random.Random(f"{seed}:{example['id']}").shuffle(docs)
+    return docs
+

@@ -1,0 +1,319 @@
+"""Build ablation training data (sharded, resumable) and fit AT2 estimators.
+
+Data: for each example the model generates its own answer (greedy) while AT2 features are
+captured; then ``m`` random keep-masks over the sources are ablated and every answer sentence's
+logit-probability is measured. Fit: per-head weights maximise the Pearson correlation between the
+surrogate ``ŷ(v) = Σ_s (2v_s − 1)·score(s)`` and the measured ``y(v)`` across the masks of each
+(example, target).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from .ablation import answer_token_logprobs, random_masks, span_targets
+from .attributor import AT2Attributor
+from .data import is_correct, read_jsonl, shuffled_documents, split_of
+from .estimator import Estimator, ModelIdentity
+
+SHARD_FORMAT = "at2-rag-ablation-shard"
+
+
+def example_seed(seed: int, example_id: str) -> int:
+    """A per-example seed that does not depend on processing order."""
+    import hashlib
+
+    return int(hashlib.sha256(f"{seed}:{example_id}".encode()).hexdigest()[:8], 16)
+
+
+def build_record(
+    attributor: AT2Attributor,
+    example: dict[str, Any],
+    *,
+    k: int,
+    n_masks: int,
+    p_keep: float,
+    max_new_tokens: int,
+    seed: int,
+    batch_size: int = 8,
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
+    """Features, masks and ablation targets for one example (None when the answer is empty)."""
+    docs = shuffled_documents(example, k, seed)
+    result = attributor.generate(
+        example["question"], docs, granularity="sentence", max_new_tokens=max_new_tokens
+    )
+    if not result.answer_ids or not result.sentences:
+        return None
+    prompt = result.prompt
+    spans = [list(s.tokens) for s in result.sentences] + [list(range(len(result.answer_ids)))]
+    assert result.features is not None and result.query_features is not None
+    span_features = torch.stack([result.features[:, :, span].mean(dim=2) for span in spans], dim=2)
+    masks = random_masks(n_masks, len(prompt.sources), p_keep, seed=example_seed(seed, example["id"]))
+    all_kept = torch.ones(1, len(prompt.sources), dtype=torch.bool)
+    logps = answer_token_logprobs(
+        attributor.model, prompt, result.answer_ids, torch.cat([all_kept, masks]), batch_size=batch_size
+    )
+    targets = span_targets(logps, spans)
+    tensors = {
+        "features": span_features.contiguous(),  # (L, H, spans, S); last span = whole answer
+        "query": result.query_features.contiguous(),  # (L, H, S)
+        "masks": masks.to(torch.uint8),
+        "targets": targets[1:].contiguous(),  # (m, spans)
+        "base": targets[0].contiguous(),  # (spans,) with every source kept
+        "logp": logps.to(torch.float64).sum(dim=1).contiguous(),  # (1 + m,) whole-answer log P
+    }
+    docs_meta = [d.get("id") for d in docs]
+    meta = {
+        "id": example["id"],
+        "question": example["question"],
+        "answer": result.answer,
+        "correct": is_correct(result.answer, example.get("answers", [])) if example.get("answers") else None,
+        "source_document": [s.document for s in prompt.sources],
+        "document_ids": docs_meta,
+        "gold_document_ids": example.get("gold_document_ids", []),
+        "n_sentences": len(result.sentences),
+        "prompt_tokens": len(prompt),
+    }
+    return tensors, meta
+
+
+def generate_training_data(
+    attributor: AT2Attributor,
+    data_path: str | Path,
+    out_dir: str | Path,
+    *,
+    split: str = "train",
+    limit: int | None = None,
+    k: int = 5,
+    n_masks: int = 32,
+    p_keep: float = 0.5,
+    max_new_tokens: int = 48,
+    shard_size: int = 8,
+    seed: int = 0,
+    batch_size: int = 8,
+    progress: bool = True,
+) -> list[Path]:
+    """Write shards ``shard-00000.safetensors`` …; existing complete shards are kept (resumable)."""
+    from tqdm.auto import tqdm
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    examples = read_jsonl(data_path, split=split, limit=limit)
+    recipe = {
+        "data": str(data_path), "split": split, "k": k, "n_masks": n_masks, "p_keep": p_keep,
+        "max_new_tokens": max_new_tokens, "seed": seed, "granularity": "sentence",
+        "model": ModelIdentity.of(attributor.model).name,
+    }
+    manifest = out / "recipe.json"
+    if manifest.exists() and json.loads(manifest.read_text()) != recipe:
+        raise ValueError(
+            f"{out} holds shards made with another recipe ({manifest}); use a new folder or the same options"
+        )
+    manifest.write_text(json.dumps(recipe, indent=1, sort_keys=True))
+    keep_features = attributor.keep_features
+    attributor.keep_features = True
+    paths = []
+    n_shards = math.ceil(len(examples) / shard_size)
+    bar = tqdm(total=len(examples), desc="ablation data", unit="ex", disable=not progress)
+    try:
+        for i in range(n_shards):
+            path = out / f"shard-{i:05d}.safetensors"
+            chunk = examples[i * shard_size : (i + 1) * shard_size]
+            paths.append(path)
+            if path.exists():
+                bar.update(len(chunk))
+                continue
+            tensors, metas = {}, []
+            for ex in chunk:
+                rec = build_record(
+                    attributor, ex, k=k, n_masks=n_masks, p_keep=p_keep,
+                    max_new_tokens=max_new_tokens, seed=seed, batch_size=batch_size,
+                )
+                bar.update(1)
+                if rec is None:
+                    continue
+                j = len(metas)
+                tensors.update({f"{j}.{name}": t for name, t in rec[0].items()})
+                metas.append(rec[1])
+            _save_shard(path, tensors, {"format": SHARD_FORMAT, "recipe": recipe, "examples": metas})
+    finally:
+        bar.close()
+        attributor.keep_features = keep_features
+    return paths
+
+
+def _save_shard(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata={"at2_rag": json.dumps(meta)})
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def load_records(shard_dir: str | Path) -> list[tuple[dict[str, torch.Tensor], dict[str, Any]]]:
+    """Every example stored in a folder of shards, in shard order."""
+    records = []
+    for path in sorted(Path(shard_dir).glob("shard-*.safetensors")):
+        with safe_open(str(path), "pt") as fh:
+            meta = json.loads(fh.metadata()["at2_rag"])
+            for j, m in enumerate(meta["examples"]):
+                names = ("features", "query", "masks", "targets", "base", "logp")
+                records.append(({n: fh.get_tensor(f"{j}.{n}") for n in names}, m))
+    return records
+
+
+# -- fitting ----------------------------------------------------------------------------------------
+@dataclass
+class Instances:
+    """Padded training instances: features ``(N, L·H, S)``, signed masks ``(N, m, S)``, targets ``(N, m)``."""
+
+    features: torch.Tensor
+    signs: torch.Tensor
+    targets: torch.Tensor
+    shape: tuple[int, int]
+
+    def __len__(self) -> int:
+        return self.features.shape[0]
+
+
+def make_instances(records, kind: str = "answer") -> Instances:
+    """One instance per (example, answer sentence) for ``answer``; per example for ``query``."""
+    feats, signs, ys = [], [], []
+    shape = None
+    for t, _ in records:
+        L, H = t["query"].shape[:2]
+        shape = (L, H)
+        masks = t["masks"].to(torch.float32) * 2 - 1
+        n_spans = t["features"].shape[2]
+        if kind == "answer":
+            cols = range(n_spans - 1) if n_spans > 1 else range(1)
+            items = [(t["features"][:, :, c], t["targets"][:, c]) for c in cols]
+        else:
+            items = [(t["query"], t["targets"][:, -1])]
+        for x, y in items:
+            y = y.to(torch.float32)
+            if not torch.isfinite(y).all() or y.std() < 1e-6:
+                continue  # no signal across masks
+            feats.append(x.reshape(L * H, -1))
+            signs.append(masks)
+            ys.append(y)
+    if not feats:
+        raise ValueError("no usable training instances (every target was constant or infinite)")
+    s_max = max(f.shape[1] for f in feats)
+    pad = lambda x: torch.nn.functional.pad(x, (0, s_max - x.shape[-1]))  # noqa: E731
+    return Instances(
+        torch.stack([pad(f) for f in feats]), torch.stack([pad(s) for s in signs]), torch.stack(ys), shape
+    )
+
+
+def pearson_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Negative Pearson correlation across the last axis, averaged over instances."""
+    p = pred - pred.mean(dim=-1, keepdim=True)
+    t = target - target.mean(dim=-1, keepdim=True)
+    corr = (p * t).sum(-1) / (p.norm(dim=-1) * t.norm(dim=-1)).clamp(min=1e-12)
+    return -corr.mean()
+
+
+def surrogate(weights: torch.Tensor, inst_features: torch.Tensor, signs: torch.Tensor) -> torch.Tensor:
+    """``ŷ = Σ_s (2v_s − 1)·score(s)`` for every mask: ``(N, m)``."""
+    scores = torch.einsum("nfs,f->ns", inst_features, weights)
+    return torch.einsum("nms,ns->nm", signs, scores)
+
+
+def fit_estimator(
+    train: Instances,
+    validation: Instances | None = None,
+    *,
+    steps: int = 1000,
+    lr: float = 1e-3,
+    batch_size: int = 512,
+    weight_decay: float = 0.0,
+    non_negative: bool = False,
+    seed: int = 0,
+    log_every: int = 100,
+    log=print,
+) -> tuple[torch.Tensor, list[dict[str, float]]]:
+    """Fit per-head weights by negative Pearson loss; returns L1-normalised ``(L, H)`` and a history."""
+    g = torch.Generator().manual_seed(seed)
+    n_feat = train.features.shape[1]
+    w = torch.full((n_feat,), 1.0 / n_feat, requires_grad=True)
+    opt = torch.optim.Adam([w], lr=lr, weight_decay=weight_decay)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
+    history = []
+    for step in range(1, steps + 1):
+        idx = torch.randperm(len(train), generator=g)[: min(batch_size, len(train))]
+        loss = pearson_loss(surrogate(w, train.features[idx], train.signs[idx]), train.targets[idx])
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_([w], 1.0)
+        opt.step()
+        sched.step()
+        if non_negative:
+            with torch.no_grad():
+                w.clamp_(min=0)
+        if step % log_every == 0 or step == steps:
+            row = {"step": step, "train_loss": float(loss)}
+            if validation is not None:
+                with torch.no_grad():
+                    row["val_pearson"] = -float(
+                        pearson_loss(surrogate(w, validation.features, validation.signs), validation.targets)
+                    )
+            history.append(row)
+            if log:
+                log("  ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
+    weights = w.detach()
+    weights = weights / weights.abs().sum().clamp(min=1e-12)
+    return weights.reshape(train.shape), history
+
+
+def train_estimator(
+    shard_dir: str | Path,
+    model_identity: ModelIdentity,
+    *,
+    kind: str = "answer",
+    validation_dir: str | Path | None = None,
+    **fit_kwargs,
+) -> tuple[Estimator, list[dict[str, float]]]:
+    """Fit an estimator from shards (validation shards only monitor, never fit)."""
+    records = load_records(shard_dir)
+    train = make_instances(records, kind)
+    val = make_instances(load_records(validation_dir), kind) if validation_dir else None
+    t0 = time.perf_counter()
+    weights, history = fit_estimator(train, val, **fit_kwargs)
+    recipe_file = Path(shard_dir) / "recipe.json"
+    recipe = {
+        "method": "negative-pearson",
+        "data": json.loads(recipe_file.read_text()) if recipe_file.exists() else {},
+        "examples": len(records),
+        "instances": len(train),
+        "fit": {k: v for k, v in fit_kwargs.items() if k not in ("log",)},
+        "fit_seconds": round(time.perf_counter() - t0, 2),
+        "final": history[-1] if history else {},
+    }
+    return Estimator(weights, model_identity, kind, recipe), history  # type: ignore[arg-type]
+
+
+__all__ = [
+    "build_record",
+    "fit_estimator",
+    "generate_training_data",
+    "load_records",
+    "make_instances",
+    "pearson_loss",
+    "split_of",
+    "train_estimator",
+]
