@@ -266,7 +266,7 @@ def fit_estimator(
             with torch.no_grad():
                 w.clamp_(min=0)
         if step % log_every == 0 or step == steps:
-            row = {"step": step, "train_loss": float(loss)}
+            row = {"step": step, "train_loss": float(loss.detach())}
             if validation is not None:
                 with torch.no_grad():
                     row["val_pearson"] = -float(

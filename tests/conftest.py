@@ -83,4 +83,4 @@ def attributor(default_model):
     from at2_rag import AT2Attributor
 
     model, tok = default_model
-    return AT2Attributor(model, tok, estimator=None)
+    return AT2Attributor(model, tok)  # the shipped default estimator
