@@ -57,7 +57,7 @@ class AttentionCapture:
         if membership.dim() != 3:
             raise ValueError("membership must have shape (batch, positions, sources)")
         self.membership = membership.to(torch.float32)
-        self.rows = torch.as_tensor(sorted(set(int(r) for r in rows)), dtype=torch.long)
+        self.rows = frozenset(int(r) for r in rows)
         self.capture_from = capture_from
         self.num_layers = num_layers
         self._seen: dict[int, int] = {}
@@ -89,11 +89,7 @@ class AttentionCapture:
         end = self._seen.get(layer, 0) + q_len
         self._seen[layer] = end
         start = end - q_len
-        positions = torch.arange(start, end)
-        wanted = torch.isin(positions, self.rows)
-        if self.capture_from is not None:
-            wanted |= positions >= self.capture_from
-        local = torch.nonzero(wanted).flatten()
+        local = self._wanted(start, end)
         if local.numel() == 0:
             return
         if attention_mask is None and 1 < q_len < k_len:
@@ -105,9 +101,13 @@ class AttentionCapture:
         n_kv = key.shape[1]
         group = n_heads // n_kv
         scale = head_dim**-0.5 if scaling is None else scaling
-        # Absolute position of every key: keys always end at the current query's last position.
-        key_pos = torch.arange(end - k_len, end)
-        member = _gather_positions(self.membership.to(query.device), key_pos, batch)  # (B, Tk, S)
+        # Keys always end at the current query's last position, so key j is position end - Tk + j;
+        # only keys that lie inside the membership (the prompt) can belong to a source.
+        first = end - k_len
+        n_in = max(0, min(end, self.membership.shape[1]) - first)
+        member = self.membership[:, first : first + n_in].to(query.device)
+        if member.shape[0] != batch:
+            member = member.expand(batch, -1, -1)
         keys = key.to(torch.float32)
         block = max(1, _MAX_BLOCK_ELEMENTS // max(1, k_len * n_heads))
         for lo in range(0, local.numel(), block):
@@ -122,9 +122,22 @@ class AttentionCapture:
                 scores = torch.tanh(scores / softcap) * softcap
             scores = _apply_mask(scores, attention_mask, idx, q_len, k_len)
             probs = torch.softmax(scores, dim=-1).nan_to_num_(0.0)
-            sums = torch.matmul(probs, member[:, None])  # (B, Hq, r, S)
-            self._chunks.setdefault(layer, []).append(sums.cpu())
-            self._positions.setdefault(layer, []).append((idx.cpu() + start))
+            sums = torch.matmul(probs[..., :n_in], member[:, None])  # (B, Hq, r, S)
+            # Kept on the model's device: no synchronisation inside the forward pass.
+            self._chunks.setdefault(layer, []).append(sums)
+            self._positions.setdefault(layer, []).append(local[lo : lo + block] + start)
+
+    def _wanted(self, start: int, end: int) -> torch.Tensor:
+        """Local indices of the query rows in ``[start, end)`` that are to be captured."""
+        cf = self.capture_from
+        if end - start <= 64:  # decode steps: plain Python beats several tiny tensor ops
+            hits = [p - start for p in range(start, end) if p in self.rows or (cf is not None and p >= cf)]
+            return torch.tensor(hits, dtype=torch.long)
+        positions = torch.arange(start, end)
+        wanted = torch.isin(positions, torch.tensor(sorted(self.rows), dtype=torch.long))
+        if cf is not None:
+            wanted |= positions >= cf
+        return torch.nonzero(wanted).flatten()
 
     # -- results -----------------------------------------------------------------------------------
     def positions(self) -> torch.Tensor:
@@ -149,20 +162,7 @@ class AttentionCapture:
                 f"captured attention from {len(layers)} of {self.num_layers} layers: some layers do "
                 "not route attention through transformers' AttentionInterface"
             )
-        return torch.stack([torch.cat(self._chunks[layer], dim=2) for layer in layers], dim=1)
-
-
-def _gather_positions(membership: torch.Tensor, key_pos: torch.Tensor, batch: int) -> torch.Tensor:
-    """Membership rows for the given absolute key positions; positions past the end are empty."""
-    n_pos = membership.shape[1]
-    inside = key_pos < n_pos
-    out = membership.new_zeros(membership.shape[0], key_pos.numel(), membership.shape[2])
-    if inside.any():
-        idx = key_pos[inside].to(membership.device)
-        out[:, inside.to(membership.device)] = membership.index_select(1, idx)
-    if out.shape[0] != batch:
-        out = out.expand(batch, -1, -1)
-    return out
+        return torch.stack([torch.cat(self._chunks[layer], dim=2) for layer in layers], dim=1).cpu()
 
 
 def _apply_mask(

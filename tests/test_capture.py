@@ -43,22 +43,25 @@ def captured_sums(model, ids, member, rows, attention_mask=None):
     return cap.features(), cap.positions(), out.logits
 
 
-@pytest.mark.parametrize("arch", TINY_ARCHS)
-def test_teacher_forced_matches_eager(arch):
-    model = tiny_model(arch)
-    T = 24
-    ids = torch.randint(3, 256, (1, T), generator=torch.Generator().manual_seed(1))
-    member = random_sources(1, T, 4)
-    rows = list(range(14, 23))
+def check_teacher_forced(model, T: int, n_sources: int, rows: list[int], seed: int):
+    """Captured sums equal eager sums, and the model's own output is unchanged by the capture."""
+    ids = torch.randint(3, 256, (1, T), generator=torch.Generator().manual_seed(seed))
+    member = random_sources(1, T, n_sources)
     expected = eager_sums(model, ids, member, rows)
     with torch.no_grad():
         eager_logits = model(input_ids=ids).logits
     got, positions, logits = captured_sums(model, ids, member, rows)
     assert positions.tolist() == rows
-    assert got.shape == expected.shape == (1, 3, 4, len(rows), 4)
+    assert got.shape == expected.shape
     assert (got - expected).abs().max() < TOL
-    # The model's own output is unchanged by the capture (it is still SDPA's).
     assert (logits - eager_logits).abs().max() < 1e-4
+    return got
+
+
+@pytest.mark.parametrize("arch", TINY_ARCHS)
+def test_teacher_forced_matches_eager(arch):
+    got = check_teacher_forced(tiny_model(arch), T=24, n_sources=4, rows=list(range(14, 23)), seed=1)
+    assert got.shape == (1, 3, 4, 9, 4)
 
 
 @pytest.mark.parametrize("arch", TINY_ARCHS)
@@ -133,16 +136,7 @@ def test_softcapped_attention_matches_eager():
     )
     torch.manual_seed(0)
     model = tf.Gemma2ForCausalLM._from_config(config, attn_implementation="eager").eval()
-    T = 18
-    ids = torch.randint(3, 256, (1, T), generator=torch.Generator().manual_seed(6))
-    member = random_sources(1, T, 3)
-    rows = list(range(10, 17))
-    expected = eager_sums(model, ids, member, rows)
-    with torch.no_grad():
-        eager_logits = model(input_ids=ids).logits
-    got, _, logits = captured_sums(model, ids, member, rows)
-    assert (got - expected).abs().max() < TOL
-    assert (logits - eager_logits).abs().max() < 1e-4
+    check_teacher_forced(model, T=18, n_sources=3, rows=list(range(10, 17)), seed=6)
 
 
 def test_chunked_rows_match_unchunked(monkeypatch):

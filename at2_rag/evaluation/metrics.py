@@ -1,0 +1,79 @@
+"""LDS, top-k log-probability drop, and the small statistics they need."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+
+from ..ablation import answer_token_logprobs
+from ..prompts import Prompt
+
+
+def rankdata(x: torch.Tensor) -> torch.Tensor:
+    """Ranks (0-based) with ties given their average rank."""
+    x = x.to(torch.float64)
+    order = torch.argsort(x, stable=True)
+    ranks = torch.empty_like(x)
+    ranks[order] = torch.arange(x.numel(), dtype=torch.float64)
+    for value in torch.unique(x):
+        tied = x == value
+        if tied.sum() > 1:
+            ranks[tied] = ranks[tied].mean()
+    return ranks
+
+
+def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Spearman rank correlation; NaN when either side is constant."""
+    ra, rb = rankdata(a), rankdata(b)
+    ra, rb = ra - ra.mean(), rb - rb.mean()
+    denom = ra.norm() * rb.norm()
+    return float((ra * rb).sum() / denom) if denom > 0 else math.nan
+
+
+def lds(scores: torch.Tensor, masks: torch.Tensor, targets: torch.Tensor) -> float:
+    """Linear datamodeling score of one example.
+
+    Spearman correlation, across keep-masks ``(m, S)``, between the measured targets ``(m,)`` and the
+    scores' linear prediction ``Σ_s v_s · score(s)``.
+    """
+    predicted = masks.to(torch.float64) @ scores.to(torch.float64)
+    return spearman(predicted, targets)
+
+
+def mean_and_stderr(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and standard error of the finite values."""
+    xs = [v for v in values if v == v and math.isfinite(v)]
+    if not xs:
+        return math.nan, math.nan
+    mean = sum(xs) / len(xs)
+    if len(xs) < 2:
+        return mean, math.nan
+    var = sum((x - mean) ** 2 for x in xs) / (len(xs) - 1)
+    return mean, math.sqrt(var / len(xs))
+
+
+def topk_drop(
+    model, prompt: Prompt, answer_ids: Sequence[int], scores_by_method: dict[str, torch.Tensor], ks: Sequence[int]
+) -> dict[str, dict[int, float]]:
+    """Drop in the answer's log-probability when each method's ``k`` top sources are ablated.
+
+    All ablations of one example run in one batch, with the unablated answer first.
+    """
+    n_src = len(prompt.sources)
+    masks = [torch.ones(n_src, dtype=torch.bool)]
+    keys = []
+    for name, scores in scores_by_method.items():
+        order = torch.argsort(scores, descending=True, stable=True)
+        for k in ks:
+            m = torch.ones(n_src, dtype=torch.bool)
+            m[order[: min(k, n_src)]] = False
+            masks.append(m)
+            keys.append((name, k))
+    logp = answer_token_logprobs(model, prompt, answer_ids, torch.stack(masks), batch_size=len(masks))
+    total = logp.to(torch.float64).sum(dim=1)
+    out: dict[str, dict[int, float]] = {name: {} for name in scores_by_method}
+    for (name, k), value in zip(keys, total[1:].tolist()):
+        out[name][k] = float(total[0]) - value
+    return out

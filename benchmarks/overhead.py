@@ -1,0 +1,189 @@
+"""Cost of attention capture on the default model, measured side by side in one run.
+
+1. generation with capture (AT2 features for every generated token) vs plain SDPA generation;
+2. teacher-forced attribution of a given answer vs one plain SDPA forward over the same tokens;
+3. peak memory of capture vs eager ``output_attentions`` vs a plain SDPA forward, each in a fresh
+   subprocess (CPU: peak RSS above the loaded model; CUDA: peak allocated memory).
+
+    python benchmarks/overhead.py --lengths 512 1024 2048 4096 --reps 5
+    python benchmarks/overhead.py --device cuda --dtype bfloat16 --lengths 1024 4096 8192 --reps 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+
+from at2_rag import AT2Attributor, capture, load_model
+from at2_rag.demo import DEMO_DOCUMENTS
+from at2_rag.prompts import encode
+
+ANSWER = "Mount Everest is the highest mountain on Earth, and it lies in the Himalayas between Nepal and China."
+
+
+def documents_for(tokenizer, n_tokens: int) -> list[dict]:
+    """Enough numbered copies of the demo documents for a prompt of about ``n_tokens`` tokens."""
+    docs, total = [], 80
+    while total < n_tokens - 60:
+        d = dict(DEMO_DOCUMENTS[len(docs) % len(DEMO_DOCUMENTS)])
+        d["title"] = f"{d['title']} ({len(docs) + 1})"
+        total += len(encode(tokenizer, d["text"])) + 12
+        docs.append(d)
+    from at2_rag.prompts import build_prompt
+
+    while len(docs) > 1 and len(build_prompt(tokenizer, "What is the highest mountain on Earth?", docs)) > n_tokens:
+        docs.pop()
+    return docs
+
+
+def sync(device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def timed(fn, device) -> float:
+    sync(device)
+    t = time.perf_counter()
+    fn()
+    sync(device)
+    return time.perf_counter() - t
+
+
+def speed(att: AT2Attributor, length: int, reps: int, new_tokens: int) -> dict:
+    model, tok, device = att.model, att.tokenizer, att.device
+    docs = documents_for(tok, length)
+    prompt = att.prompt("What is the highest mountain on Earth?", docs)
+    ids = torch.tensor([prompt.input_ids], device=device)
+    full = torch.tensor([prompt.input_ids + encode(tok, ANSWER)], device=device)
+    gen_kwargs = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
+                      temperature=None, top_p=None, top_k=None, pad_token_id=tok.eos_token_id)
+
+    def plain_generate():
+        model.set_attn_implementation("sdpa")
+        try:
+            with torch.inference_mode():
+                model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), **gen_kwargs)
+        finally:
+            model.set_attn_implementation(capture.ATTENTION_NAME)
+
+    def plain_forward():
+        model.set_attn_implementation("sdpa")
+        try:
+            with torch.inference_mode():
+                model(input_ids=full, use_cache=False, logits_to_keep=1)
+        finally:
+            model.set_attn_implementation(capture.ATTENTION_NAME)
+
+    def capture_generate():
+        att.generate(prompt.question, docs, max_new_tokens=new_tokens, min_new_tokens=new_tokens)
+
+    def capture_forward():
+        att.attribute(prompt.question, docs, ANSWER)
+
+    for fn in (plain_generate, capture_generate, plain_forward, capture_forward):
+        fn()  # warm-up
+    g_ratio, f_ratio, t = [], [], {"plain_generate": [], "capture_generate": [], "plain_forward": [], "capture_forward": []}
+    for _ in range(reps):  # interleaved, so drifts in machine load hit both sides
+        a, b = timed(plain_generate, device), timed(capture_generate, device)
+        c, d = timed(plain_forward, device), timed(capture_forward, device)
+        for k, v in zip(t, (a, b, c, d)):
+            t[k].append(v)
+        g_ratio.append(b / a)
+        f_ratio.append(d / c)
+    med = {k: statistics.median(v) for k, v in t.items()}
+    return {"prompt_tokens": len(prompt), "answer_tokens": full.shape[1] - len(prompt), "new_tokens": new_tokens,
+            "generate_ratio_median": statistics.median(g_ratio), "forward_ratio_median": statistics.median(f_ratio),
+            "seconds_median": med, "reps": reps}
+
+
+MEMORY_CHILD = r"""
+import json, os, resource, sys, torch
+sys.path.insert(0, os.getcwd())
+from benchmarks.overhead import documents_for, ANSWER
+from at2_rag import AT2Attributor, load_model
+from at2_rag.prompts import encode
+mode, length, device, dtype = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+model, tok = load_model("default", device=device, dtype=None if dtype == "none" else dtype)
+att = AT2Attributor(model, tok, estimator=None)
+docs = documents_for(tok, length)
+prompt = att.prompt("What is the highest mountain on Earth?", docs)
+ids = torch.tensor([prompt.input_ids + encode(tok, ANSWER)], device=device)
+def status(key):
+    with open("/proc/self/status") as fh:
+        return next(int(l.split()[1]) * 1024 for l in fh if l.startswith(key))
+def rss():
+    return status("VmHWM")
+cuda = device.startswith("cuda")
+with torch.inference_mode():  # warm-up on a few tokens, so lazy one-off allocations are not counted
+    model(input_ids=ids[:, :16], use_cache=False, logits_to_keep=1)
+if cuda:
+    torch.cuda.synchronize(); torch.cuda.reset_peak_memory_stats(); base = torch.cuda.memory_allocated()
+else:
+    with open("/proc/self/clear_refs", "w") as fh:
+        fh.write("5")  # reset the peak-RSS mark to the current RSS
+    base = status("VmRSS")
+with torch.inference_mode():
+    if mode == "capture":
+        att.attribute(prompt.question, docs, ANSWER)
+    elif mode == "eager":
+        model.set_attn_implementation("eager")
+        model(input_ids=ids, use_cache=False, output_attentions=True, logits_to_keep=1)
+    else:
+        model.set_attn_implementation("sdpa")
+        model(input_ids=ids, use_cache=False, logits_to_keep=1)
+peak = (torch.cuda.max_memory_allocated() if cuda else rss()) - base
+print(json.dumps({"mode": mode, "tokens": ids.shape[1], "peak_bytes": peak}))
+"""
+
+
+def memory(length: int, mode: str, device: str, dtype: str) -> dict:
+    out = subprocess.run([sys.executable, "-c", MEMORY_CHILD, mode, str(length), device, dtype],
+                         capture_output=True, text=True, cwd=os.getcwd())
+    if out.returncode != 0:
+        return {"mode": mode, "error": out.stderr.strip().splitlines()[-1] if out.stderr else "failed"}
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--lengths", type=int, nargs="+", default=[512, 1024, 2048, 4096])
+    ap.add_argument("--memory-lengths", type=int, nargs="+", default=None)
+    ap.add_argument("--eager-max", type=int, default=2048, help="skip eager output_attentions above this")
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--new-tokens", type=int, default=32)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--dtype", default="none")
+    ap.add_argument("--out", default="benchmarks/out/overhead.json")
+    args = ap.parse_args()
+    model, tok = load_model("default", device=args.device, dtype=None if args.dtype == "none" else args.dtype)
+    att = AT2Attributor(model, tok, estimator=None)
+    device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU ({os.cpu_count()} cores)"
+    results = {"device": device_name, "dtype": str(model.dtype), "torch": torch.__version__, "speed": [], "memory": []}
+    for n in args.lengths:
+        r = speed(att, n, args.reps, args.new_tokens)
+        results["speed"].append(r)
+        print(f"{r['prompt_tokens']:>6} tok  generate x{r['generate_ratio_median']:.3f}  forward x{r['forward_ratio_median']:.3f}  "
+              f"{ {k: round(v, 3) for k, v in r['seconds_median'].items()} }", flush=True)
+    del att, model
+    for n in args.memory_lengths or args.lengths:
+        for mode in ("sdpa", "capture", "eager"):
+            if mode == "eager" and n > args.eager_max:
+                results["memory"].append({"mode": mode, "tokens": n, "skipped": True})
+                continue
+            m = memory(n, mode, args.device, args.dtype)
+            results["memory"].append(m)
+            print(f"memory {n:>6} {mode:<8} {m.get('peak_bytes', 0) / 2**20:10.1f} MiB {m.get('error', '')}", flush=True)
+    os.makedirs(os.path.dirname(args.out), exist_ok=True)
+    with open(args.out, "w") as fh:
+        json.dump(results, fh, indent=1)
+
+
+if __name__ == "__main__":
+    main()
