@@ -160,6 +160,7 @@ def main() -> None:
     ap.add_argument("--new-tokens", type=int, default=32)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default="none")
+    ap.add_argument("--skip-memory", action="store_true")
     ap.add_argument("--out", default="benchmarks/out/overhead.json")
     args = ap.parse_args()
     model, tok = load_model("default", device=args.device, dtype=None if args.dtype == "none" else args.dtype)
@@ -172,7 +173,7 @@ def main() -> None:
         print(f"{r['prompt_tokens']:>6} tok  generate x{r['generate_ratio_median']:.3f}  forward x{r['forward_ratio_median']:.3f}  "
               f"{ {k: round(v, 3) for k, v in r['seconds_median'].items()} }", flush=True)
     del att, model
-    for n in args.memory_lengths or args.lengths:
+    for n in [] if args.skip_memory else (args.memory_lengths or args.lengths):
         for mode in ("sdpa", "capture", "eager"):
             if mode == "eager" and n > args.eager_max:
                 results["memory"].append({"mode": mode, "tokens": n, "skipped": True})
