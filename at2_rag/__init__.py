@@ -1,6 +1,7 @@
 """at2-rag: faithful context attribution (AT2) for RAG pipelines — prune context, cite sources."""
 
 from .attributor import AnswerSentence, AT2Attributor, Attribution, ScoredSource
+from .citations import Citation, CitedSource, cite, with_markers
 from .errors import (
     AT2Error,
     ContextTooLongError,
@@ -13,6 +14,7 @@ from .errors import (
 from .estimator import Estimator, ModelIdentity
 from .models import load_model
 from .prompts import Document, Prompt, Source, build_prompt
+from .pruning import KeepPolicy, Pruner, PruneResult
 from .sentences import split_sentences
 
 __version__ = "0.1.0"
@@ -22,19 +24,26 @@ __all__ = [
     "AT2Error",
     "AnswerSentence",
     "Attribution",
+    "Citation",
+    "CitedSource",
     "ContextTooLongError",
     "DeviceError",
     "Document",
     "Estimator",
     "EstimatorError",
     "InputError",
+    "KeepPolicy",
     "ModelIdentity",
     "ModelNotAvailableError",
     "Prompt",
+    "PruneResult",
+    "Pruner",
     "ScoredSource",
     "Source",
     "UnsupportedModelError",
     "build_prompt",
+    "cite",
     "load_model",
     "split_sentences",
+    "with_markers",
 ]

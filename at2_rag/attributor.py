@@ -8,10 +8,11 @@ own answer is attributed with no extra forward pass.
 
 from __future__ import annotations
 
+import asyncio
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -71,6 +72,8 @@ class Attribution:
     """Per-token features ``(layers, heads, answer tokens, sources)`` when kept."""
     query_features: torch.Tensor | None = field(default=None, repr=False)
     """Features of the prompt's question rows ``(layers, heads, sources)`` when kept."""
+    dropped_documents: list[int] = field(default_factory=list)
+    """Indices of input documents left out to fit the model's window (``overflow="drop_last"``)."""
 
     @property
     def sources(self) -> list[Source]:
@@ -145,6 +148,9 @@ class AT2Attributor:
         granularity: default source granularity ("document", "sentence" or a token count).
         max_new_tokens: default generation length.
         keep_features: keep raw per-token features on results (for training and analysis).
+        overflow: what to do when the prompt plus answer exceed the model's window: ``"error"``
+            (default; raise :class:`ContextTooLongError`) or ``"drop_last"`` (drop documents from
+            the end of the list — the lowest-ranked, in retriever order — with a warning naming them).
     """
 
     def __init__(
@@ -158,7 +164,10 @@ class AT2Attributor:
         system_prompt: str | None = None,
         max_new_tokens: int = 64,
         keep_features: bool = False,
+        overflow: Literal["error", "drop_last"] = "error",
     ) -> None:
+        if overflow not in ("error", "drop_last"):
+            raise ValueError(f"overflow must be 'error' or 'drop_last', got {overflow!r}")
         capture.prepare_model(model)
         self.model = model
         self.tokenizer = tokenizer
@@ -168,6 +177,7 @@ class AT2Attributor:
         self.system_prompt = system_prompt
         self.max_new_tokens = max_new_tokens
         self.keep_features = keep_features
+        self.overflow = overflow
         self._num_layers = capture.num_layers(model)
 
     @classmethod
@@ -225,9 +235,8 @@ class AT2Attributor:
 
         The features are captured while generating: zero extra forward passes.
         """
-        prompt = self.prompt(question, documents, granularity)
         new_tokens = self.max_new_tokens if max_new_tokens is None else max_new_tokens
-        self._check_length(len(prompt), new_tokens, "the answer's max_new_tokens")
+        prompt, dropped = self._fitted_prompt(question, documents, granularity, new_tokens, "max_new_tokens")
         ids = torch.tensor([prompt.input_ids], device=self.device)
         cap = self._capture(prompt, capture_from=len(prompt) - 1)
         kwargs = {"do_sample": False, "max_new_tokens": new_tokens, **generate_kwargs}
@@ -239,8 +248,8 @@ class AT2Attributor:
             out = self.model.generate(
                 input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=True, **kwargs
             )
-        answer_ids = self._strip_stop_tokens(out[0, len(prompt) :].tolist())
-        return self._result(prompt, answer_ids, cap, extra_passes=0)
+        answer_ids = self._strip_stop_tokens(out[0, len(prompt) :].tolist(), kwargs.get("eos_token_id"))
+        return self._result(prompt, answer_ids, cap, extra_passes=0, dropped=dropped)
 
     @torch.inference_mode()
     def attribute(
@@ -256,15 +265,14 @@ class AT2Attributor:
             raise InputError(f"the answer must be a str, got {type(answer).__name__}")
         if not answer.strip():
             raise InputError("the answer is empty: there is nothing to attribute")
-        prompt = self.prompt(question, documents, granularity)
         answer_ids = encode(self.tokenizer, answer)
-        self._check_length(len(prompt), len(answer_ids), "the answer")
+        prompt, dropped = self._fitted_prompt(question, documents, granularity, len(answer_ids), "the answer")
         ids = torch.tensor([prompt.input_ids + answer_ids], device=self.device)
         rows = range(len(prompt) - 1, len(prompt) + len(answer_ids) - 1)
         cap = self._capture(prompt, rows=rows)
         with capture.capturing(cap):
             self.model(input_ids=ids, use_cache=False, logits_to_keep=1)
-        return self._result(prompt, answer_ids, cap, extra_passes=1)
+        return self._result(prompt, answer_ids, cap, extra_passes=1, dropped=dropped)
 
     @torch.inference_mode()
     def score_query(
@@ -281,8 +289,7 @@ class AT2Attributor:
         ``"query"`` estimator (uniform weights when None).
         """
         est = _resolve_estimator(estimator, self.model, "query")
-        prompt = self.prompt(question, documents, granularity)
-        self._check_length(len(prompt), 0, "nothing")
+        prompt, dropped = self._fitted_prompt(question, documents, granularity, 0, "nothing")
         ids = torch.tensor([prompt.input_ids], device=self.device)
         cap = self._capture(prompt)
         with capture.capturing(cap):
@@ -296,7 +303,23 @@ class AT2Attributor:
             method="at2-query",
             extra_forward_passes=1,
             query_features=qf if self.keep_features else None,
+            dropped_documents=dropped,
         )
+
+    # -- asyncio ----------------------------------------------------------------------------------
+    async def agenerate(self, question: str, documents: Sequence[DocumentLike], **kwargs) -> Attribution:
+        """:meth:`generate` in a worker thread, so the event loop keeps running meanwhile."""
+        return await asyncio.to_thread(self.generate, question, documents, **kwargs)
+
+    async def aattribute(
+        self, question: str, documents: Sequence[DocumentLike], answer: str, **kwargs
+    ) -> Attribution:
+        """:meth:`attribute` in a worker thread, so the event loop keeps running meanwhile."""
+        return await asyncio.to_thread(self.attribute, question, documents, answer, **kwargs)
+
+    async def ascore_query(self, question: str, documents: Sequence[DocumentLike], **kwargs) -> Attribution:
+        """:meth:`score_query` in a worker thread, so the event loop keeps running meanwhile."""
+        return await asyncio.to_thread(self.score_query, question, documents, **kwargs)
 
     # -- internals ---------------------------------------------------------------------------------
     def _capture(
@@ -313,7 +336,9 @@ class AT2Attributor:
             num_layers=self._num_layers,
         )
 
-    def _result(self, prompt: Prompt, answer_ids: list[int], cap, extra_passes: int) -> Attribution:
+    def _result(
+        self, prompt: Prompt, answer_ids: list[int], cap, extra_passes: int, dropped: list[int]
+    ) -> Attribution:
         """Score the captured rows: answer rows per token and sentence, question rows on request."""
         full, positions = cap.features()[0], cap.positions()  # (L, H, rows, S), (rows,)
         answer_rows = torch.nonzero(positions >= len(prompt) - 1).flatten()[: len(answer_ids)]
@@ -336,23 +361,49 @@ class AT2Attributor:
             answer_ids=list(answer_ids),
             features=feats if self.keep_features else None,
             query_features=full[:, :, is_query].mean(dim=2) if self.keep_features else None,
+            dropped_documents=dropped,
         )
 
-    def _check_length(self, prompt_len: int, extra: int, what: str) -> None:
+    def _fitted_prompt(
+        self, question, documents, granularity, extra: int, what: str
+    ) -> tuple[Prompt, list[int]]:
+        """The prompt, made to fit the window with ``extra`` more tokens (see ``overflow``)."""
+        prompt = self.prompt(question, documents, granularity)
         limit = self.max_length
-        if limit is not None and prompt_len + extra > limit:
+        if limit is None or len(prompt) + extra <= limit:
+            return prompt, []
+        if self.overflow == "error":
             raise ContextTooLongError(
-                f"the prompt has {prompt_len} tokens and {what} needs {extra} more, but the model's "
-                f"window is {limit} tokens; pass fewer or shorter documents (or prune them first)"
+                f"the prompt has {len(prompt)} tokens and {what} needs {extra} more, but the model's "
+                f"window is {limit} tokens; pass fewer or shorter documents, prune them first, or "
+                "use overflow='drop_last'"
             )
+        docs = list(prompt.documents)
+        n_docs = len(docs)
+        while len(prompt) + extra > limit and len(docs) > 1:
+            docs.pop()
+            prompt = self.prompt(question, docs, granularity)
+        if len(prompt) + extra > limit:
+            raise ContextTooLongError(
+                f"even the first document alone gives a {len(prompt)}-token prompt, and {what} needs "
+                f"{extra} more, beyond the model's {limit}-token window; split the document into chunks"
+            )
+        dropped = list(range(len(docs), n_docs))
+        ids = [prompt_doc_id(d, i) for i, d in zip(dropped, documents[len(docs):])]
+        warnings.warn(
+            f"the context exceeded the model's {limit}-token window: dropped the last "
+            f"{len(dropped)} document(s) {ids} (overflow='drop_last')",
+            stacklevel=3,
+        )
+        return prompt, dropped
 
     def _pad_id(self) -> int | None:
         tok = self.tokenizer
         return tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
 
-    def _strip_stop_tokens(self, ids: list[int]) -> list[int]:
-        """Cut the generated ids at the first end-of-sequence token."""
-        stops = self.model.generation_config.eos_token_id
+    def _strip_stop_tokens(self, ids: list[int], eos: int | list[int] | None = None) -> list[int]:
+        """Cut the generated ids at the first end-of-sequence token (the call's own, if given)."""
+        stops = self.model.generation_config.eos_token_id if eos is None else eos
         stops = set(stops if isinstance(stops, list) else [stops]) - {None}
         if self.tokenizer.eos_token_id is not None:
             stops.add(self.tokenizer.eos_token_id)
@@ -360,6 +411,12 @@ class AT2Attributor:
             if t in stops:
                 return ids[:i]
         return ids
+
+
+def prompt_doc_id(doc, index: int) -> str:
+    """A document's id for messages: its id when it has one, else its index."""
+    ident = getattr(doc, "id", None) if not isinstance(doc, dict) else doc.get("id")
+    return str(ident) if ident is not None else f"#{index}"
 
 
 def _sentence_tokens(tokenizer, ids: list[int], text: str) -> list[tuple[tuple[int, int], list[int]]]:

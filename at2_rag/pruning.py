@@ -1,0 +1,184 @@
+"""Keep the retrieved documents that drove the answer: keep policies and the prune step.
+
+Shared by every front end (CLI, LangChain, LlamaIndex) so a policy means the same thing everywhere.
+Two scoring modes: ``"draft"`` (the local model drafts an answer; its attention while drafting is
+scored by the answer estimator — zero extra passes) and ``"query"`` (one prefill pass over the
+question, scored by the query estimator; no draft, about half the cost).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+from .attributor import AT2Attributor, Attribution
+from .estimator import Estimator
+from .prompts import Document, DocumentLike, Granularity, as_documents
+
+Mode = Literal["draft", "query"]
+MODES: tuple[str, ...] = ("draft", "query")
+
+
+@dataclass(frozen=True)
+class KeepPolicy:
+    """Which scored documents to keep. Every set criterion must hold; ``min_keep`` wins over all.
+
+    Args:
+        top_k: keep at most this many, best first.
+        threshold: keep only documents scoring at least this (scores are the estimator's units).
+        relative: keep only documents scoring at least ``relative`` × the best score (0–1).
+        token_budget: keep documents, best first, while their total tokens stay within this;
+            a document that does not fit is skipped and smaller ones after it may still fit.
+        min_keep: always keep at least this many of the best documents, even when a criterion
+            would drop them (default 1: pruning never returns an empty context unless set to 0).
+    """
+
+    top_k: int | None = None
+    threshold: float | None = None
+    relative: float | None = None
+    token_budget: int | None = None
+    min_keep: int = 1
+
+    def __post_init__(self) -> None:
+        for name in ("top_k", "token_budget", "min_keep"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
+                raise ValueError(f"{name} must be a non-negative int or None, got {value!r}")
+        if self.relative is not None and not 0.0 <= self.relative <= 1.0:
+            raise ValueError(f"relative must lie in [0, 1] (a fraction of the best score), got {self.relative!r}")
+        if self.threshold is not None and not math.isfinite(self.threshold):
+            raise ValueError(f"threshold must be a finite number, got {self.threshold!r}")
+
+    def select(self, scores: Sequence[float], lengths: Sequence[int] | None = None) -> list[int]:
+        """Indices of the documents to keep, highest score first (ties keep input order)."""
+        if self.token_budget is not None and (lengths is None or len(lengths) != len(scores)):
+            raise ValueError("a token budget needs one token length per document")
+        order = sorted(range(len(scores)), key=lambda i: (-scores[i], i))
+        if not order:
+            return []
+        best = scores[order[0]]
+        kept: list[int] = []
+        used = 0
+        for i in order:
+            if self.top_k is not None and len(kept) >= self.top_k:
+                break
+            if self.threshold is not None and scores[i] < self.threshold:
+                continue
+            if self.relative is not None and scores[i] < self.relative * best:
+                continue
+            if self.token_budget is not None:
+                assert lengths is not None
+                if used + lengths[i] > self.token_budget:
+                    continue
+                used += lengths[i]
+            kept.append(i)
+        for i in order[: self.min_keep]:  # the guarantee, best first
+            if i not in kept:
+                kept.append(i)
+        return sorted(kept, key=lambda i: (-scores[i], i))
+
+
+@dataclass
+class PruneResult:
+    """The outcome of scoring and pruning one set of documents."""
+
+    documents: list[Document]
+    """The input documents (normalised), in input order."""
+    scores: list[float]
+    """One attribution score per input document."""
+    kept: list[int]
+    """Indices of the kept documents, highest score first."""
+    token_lengths: list[int]
+    """Each document's length in prompt tokens."""
+    attribution: Attribution
+    """The attribution the scores came from (its ``answer`` is the draft in draft mode)."""
+    mode: str = "draft"
+    dropped_for_window: list[int] = field(default_factory=list)
+    """Documents left out of scoring to fit the window (``overflow="drop_last"``); never kept."""
+
+    @property
+    def dropped(self) -> list[int]:
+        """Indices of the documents not kept, in input order."""
+        keep = set(self.kept)
+        return [i for i in range(len(self.documents)) if i not in keep]
+
+    @property
+    def kept_documents(self) -> list[Document]:
+        return [self.documents[i] for i in self.kept]
+
+    @property
+    def draft(self) -> str:
+        """The local model's draft answer (empty in query mode)."""
+        return self.attribution.answer
+
+    @property
+    def kept_tokens(self) -> int:
+        return sum(self.token_lengths[i] for i in self.kept)
+
+    @property
+    def total_tokens(self) -> int:
+        return sum(self.token_lengths)
+
+
+class Pruner:
+    """Score retrieved documents with AT2 and keep the useful ones.
+
+    Args:
+        attributor: the local model that scores (and, in draft mode, drafts).
+        mode: ``"draft"`` or ``"query"`` (see the module docstring).
+        policy: the keep policy (default: ``KeepPolicy(top_k=3)``).
+        query_estimator: estimator for query mode (default: the shipped query estimator).
+        max_new_tokens: length of the draft in draft mode.
+    """
+
+    def __init__(
+        self,
+        attributor: AT2Attributor,
+        *,
+        mode: Mode = "draft",
+        policy: KeepPolicy | None = None,
+        query_estimator: Estimator | str | None = "default",
+        max_new_tokens: int | None = None,
+    ) -> None:
+        if mode not in MODES:
+            raise ValueError(f"mode must be 'draft' or 'query', got {mode!r}")
+        self.attributor = attributor
+        self.mode = mode
+        self.policy = policy or KeepPolicy(top_k=3)
+        self.query_estimator = query_estimator
+        self.max_new_tokens = max_new_tokens
+
+    def score(self, question: str, documents: Sequence[DocumentLike]) -> Attribution:
+        """The attribution behind the scores (document granularity)."""
+        if self.mode == "query":
+            return self.attributor.score_query(
+                question, documents, estimator=self.query_estimator, granularity="document"
+            )
+        return self.attributor.generate(
+            question, documents, granularity="document", max_new_tokens=self.max_new_tokens
+        )
+
+    def prune(self, question: str, documents: Sequence[DocumentLike]) -> PruneResult:
+        """Score ``documents`` for ``question`` and apply the keep policy."""
+        docs = as_documents(documents)  # raises InputError on none / empty / non-string documents
+        att = self.score(question, docs)
+        n_scored = len(att.prompt.documents)
+        doc_scores = att.document_scores().tolist()
+        lengths = [0] * n_scored
+        for s in att.sources:
+            lengths[s.document] += s.token_end - s.token_start
+        kept = self.policy.select(doc_scores, lengths)
+        # Documents dropped to fit the window were never seen: score them -inf, keep none of them.
+        dropped = list(att.dropped_documents)
+        scores = doc_scores + [float("-inf")] * len(dropped)
+        lengths = lengths + [len(self.attributor.tokenizer(docs[i].text, add_special_tokens=False)["input_ids"])
+                             for i in dropped]
+        return PruneResult(docs, scores, kept, lengths, att, self.mode, dropped)
+
+    async def aprune(self, question: str, documents: Sequence[DocumentLike]) -> PruneResult:
+        """:meth:`prune` in a worker thread, so the event loop keeps running meanwhile."""
+        return await asyncio.to_thread(self.prune, question, documents)
+
