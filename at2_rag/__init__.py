@@ -12,6 +12,7 @@ from .errors import (
     UnsupportedModelError,
 )
 from .estimator import Estimator, ModelIdentity
+from .lazy import LazyAttributor
 from .models import load_model
 from .prompts import Document, Prompt, Source, build_prompt
 from .pruning import KeepPolicy, Pruner, PruneResult
@@ -33,6 +34,7 @@ __all__ = [
     "EstimatorError",
     "InputError",
     "KeepPolicy",
+    "LazyAttributor",
     "ModelIdentity",
     "ModelNotAvailableError",
     "Prompt",

@@ -21,6 +21,7 @@ from .errors import ContextTooLongError, EstimatorError, InputError
 from .estimator import Estimator, ModelIdentity
 from .prompts import (
     DEFAULT_INSTRUCTION,
+    HEADER_WORD,
     DocumentLike,
     Granularity,
     Prompt,
@@ -151,6 +152,9 @@ class AT2Attributor:
         overflow: what to do when the prompt plus answer exceed the model's window: ``"error"``
             (default; raise :class:`ContextTooLongError`) or ``"drop_last"`` (drop documents from
             the end of the list — the lowest-ranked, in retriever order — with a warning naming them).
+        suppress_header_echo: in :meth:`generate`, forbid the answer's first token from starting a
+            copy of a document header ("Document [n] (Title: ...)"), which small models often emit
+            instead of an answer. The prompt is unchanged, so trained estimators stay valid.
     """
 
     def __init__(
@@ -165,6 +169,7 @@ class AT2Attributor:
         max_new_tokens: int = 64,
         keep_features: bool = False,
         overflow: Literal["error", "drop_last"] = "error",
+        suppress_header_echo: bool = True,
     ) -> None:
         if overflow not in ("error", "drop_last"):
             raise ValueError(f"overflow must be 'error' or 'drop_last', got {overflow!r}")
@@ -178,6 +183,7 @@ class AT2Attributor:
         self.max_new_tokens = max_new_tokens
         self.keep_features = keep_features
         self.overflow = overflow
+        self.suppress_header_echo = suppress_header_echo
         self._num_layers = capture.num_layers(model)
 
     @classmethod
@@ -241,6 +247,8 @@ class AT2Attributor:
         cap = self._capture(prompt, capture_from=len(prompt) - 1)
         kwargs = {"do_sample": False, "max_new_tokens": new_tokens, **generate_kwargs}
         kwargs.setdefault("pad_token_id", self._pad_id())
+        if self.suppress_header_echo:
+            kwargs.setdefault("begin_suppress_tokens", self._header_start_tokens())
         if kwargs.get("do_sample") is False:
             # Greedy decoding: silence sampling settings a model's generation config may carry.
             kwargs.update(temperature=None, top_p=None, top_k=None)
@@ -396,6 +404,11 @@ class AT2Attributor:
             stacklevel=3,
         )
         return prompt, dropped
+
+    def _header_start_tokens(self) -> list[int]:
+        """Token ids that begin a copy of a document header at the start of an answer."""
+        ids = {encode(self.tokenizer, w)[0] for w in (HEADER_WORD, " " + HEADER_WORD)}
+        return sorted(ids)
 
     def _pad_id(self) -> int | None:
         tok = self.tokenizer

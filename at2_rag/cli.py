@@ -25,8 +25,65 @@ def _attributor(args, estimator=None, **kwargs):
 def cmd_demo(args) -> int:
     from .demo import run_demo
 
-    run_demo(model=args.model, estimator=args.estimator, device=args.device, dtype=args.dtype)
+    run_demo(
+        model=args.model, estimator=args.estimator, device=args.device, dtype=args.dtype,
+        questions=None if args.all else args.questions, k=args.top_k, keep=args.keep, mode=args.mode,
+        html=args.html,
+    )
     return 0
+
+
+def cmd_ask(args) -> int:
+    from .attributor import AT2Attributor
+    from .corpus import load_folder
+    from .errors import InputError
+    from .pruning import KeepPolicy
+    from .qa import RAGPipeline
+    from .retrieval import cached_index
+    from .terminal import print_result, rich_console
+
+    if not args.question.strip():
+        raise InputError("the question is empty: ask something, e.g. at2-rag ask \"Who ...?\" --corpus DIR")
+    console = rich_console(stderr=True)  # progress and notes; results go to stdout
+    with console.status(f"Reading and chunking {args.corpus} ..."):
+        docs = load_folder(args.corpus, chunk_words=args.chunk_words)
+    with console.status(f"Indexing {len(docs)} chunks (cached after the first run) ..."):
+        index = cached_index(docs)
+    with console.status(f"Loading the {args.model} model ..."):
+        att = AT2Attributor.from_pretrained(args.model, args.estimator, device=args.device, dtype=args.dtype)
+    pipe = RAGPipeline(att, index, k=args.top_k, mode=args.mode, policy=KeepPolicy(top_k=args.keep),
+                       max_new_tokens=args.max_new_tokens)
+    with console.status("Retrieving, scoring, pruning and answering ..."):
+        result = pipe.ask(args.question)
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=1, ensure_ascii=False))
+    else:
+        print_result(rich_console(), result)
+    if args.html:
+        from .report import write_html
+
+        write_html([result], args.html)
+        console.print(f"HTML report written to {args.html}", highlight=False)
+    return 0
+
+
+def _add_pipeline_args(p: argparse.ArgumentParser) -> None:
+    from .qa import DEFAULT_KEEP, DEFAULT_RETRIEVE
+
+    p.add_argument("--estimator", default="default", help="'default', a .safetensors file, or 'none' (uniform)")
+    p.add_argument("--top-k", type=_positive, default=DEFAULT_RETRIEVE, help="chunks retrieved per question")
+    p.add_argument("--keep", type=_positive, default=DEFAULT_KEEP, help="chunks kept after AT2 pruning")
+    p.add_argument("--mode", choices=["draft", "query"], default="draft",
+                   help="draft: score a full-context draft answer (most faithful); query: score the question "
+                        "alone (one prefill pass, faster)")
+    p.add_argument("--html", default=None, metavar="FILE", help="also write a self-contained HTML report")
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def cmd_build_nq(args) -> int:
@@ -78,10 +135,22 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="at2-rag", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("demo", help="answer, attribute and rank sources on the bundled default model")
+    p = sub.add_parser("demo", help="the main job: retrieve, prune with AT2, regenerate and cite on a sample corpus")
     _add_model_args(p)
-    p.add_argument("--estimator", default="default")
+    _add_pipeline_args(p)
+    p.add_argument("--questions", type=_positive, default=3, help="how many sample questions to answer")
+    p.add_argument("--all", action="store_true", help="answer every sample question")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("ask", help="ask a question over your own folder of .txt / .md files")
+    _add_model_args(p)
+    _add_pipeline_args(p)
+    p.add_argument("question")
+    p.add_argument("--corpus", required=True, help="a folder of .txt / .md files (searched recursively)")
+    p.add_argument("--chunk-words", type=_positive, default=120, help="words per chunk (whole sentences)")
+    p.add_argument("--max-new-tokens", type=_positive, default=64)
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(func=cmd_ask)
 
     p = sub.add_parser("attribute", help="answer (or attribute --answer) over document files")
     _add_model_args(p)
@@ -131,13 +200,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .errors import AT2Error
+
     args = build_parser().parse_args(argv)
+    if getattr(args, "estimator", None) == "none":
+        args.estimator = None
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         print("interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    except (AT2Error, ImportError) as e:  # bad input or a missing package: a message, not a traceback
+        print(f"at2-rag: error: {e}", file=sys.stderr)
+        return 2

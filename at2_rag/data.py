@@ -115,9 +115,8 @@ def build_nq_rag(
     all-MiniLM-L6-v2 and an exact FAISS inner-product index, in retriever order. Records where the
     gold passage landed (``gold_rank``, None when it was not retrieved).
     """
-    import faiss
-
-    from .embeddings import MiniLMEmbedder
+    from .prompts import Document
+    from .retrieval import VectorIndex
 
     with _open(source) as fh:
         rows = [json.loads(line) for line in fh if line.strip()]
@@ -127,15 +126,12 @@ def build_nq_rag(
         row["_pid"] = pid
         passages.setdefault(pid, {"id": pid, "title": row["title"], "text": row["text"]})
     pool = list(passages.values())
-    embedder = embedder or MiniLMEmbedder()
-    doc_vecs = embedder.encode([f"{p['title']}. {p['text']}" for p in pool]).numpy()
-    index = faiss.IndexFlatIP(doc_vecs.shape[1])
-    index.add(doc_vecs)
-    q_vecs = embedder.encode([r["question"] for r in rows]).numpy()
-    _, hits = index.search(q_vecs, k)
+    pool_pos = {p["id"]: i for i, p in enumerate(pool)}
+    index = VectorIndex.build([Document(text=p["text"], title=p["title"], id=p["id"]) for p in pool], embedder)
+    hits = [[pool_pos[d.id] for d, _ in row] for row in index.search_many([r["question"] for r in rows], k)]
     examples, found = [], 0
     for row, hit in zip(rows, hits):
-        docs = [pool[i] for i in hit.tolist()]
+        docs = [pool[i] for i in hit]
         ranks = [i for i, d in enumerate(docs) if d["id"] == row["_pid"]]
         found += bool(ranks)
         examples.append(

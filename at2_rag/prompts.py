@@ -23,6 +23,8 @@ DEFAULT_INSTRUCTION = (
     "Answer the question using only the search results below. Answer briefly, in one or two "
     "sentences."
 )
+HEADER_WORD = "Document"
+"""First word of every document's header in the prompt (``Document [n] (Title: ...)``)."""
 _MARKER = "\u2063AT2RAGCONTENT\u2063"
 
 
@@ -182,7 +184,7 @@ def build_prompt(
     b.add(instruction + "\n\n")
     sources: list[Source] = []
     for d, doc in enumerate(docs):
-        header = f"Document [{d + 1}]" + (f" (Title: {doc.title})" if doc.title else "") + "\n"
+        header = f"{HEADER_WORD} [{d + 1}]" + (f" (Title: {doc.title})" if doc.title else "") + "\n"
         h_t0, _, h_c0, _ = b.add(header)
         pieces = []  # (char range in doc, token range, char range in prompt, per-token doc offsets)
         for s0, s1 in split_sentences(doc.text):

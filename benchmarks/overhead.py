@@ -22,17 +22,35 @@ import time
 import torch
 
 from at2_rag import AT2Attributor, capture, load_model
-from at2_rag.demo import DEMO_DOCUMENTS
 from at2_rag.prompts import encode
+
+# Five short passages, repeated (with numbered titles) to reach each prompt length.
+BENCH_DOCUMENTS = [
+    {"id": "everest", "title": "Mount Everest",
+     "text": "Mount Everest is Earth's highest mountain above sea level, at 8,849 metres. It lies in the "
+             "Mahalangur Himal sub-range of the Himalayas, on the border between Nepal and China."},
+    {"id": "k2", "title": "K2",
+     "text": "K2 is the second-highest mountain on Earth, at 8,611 metres. It lies in the Karakoram range "
+             "on the border between Pakistan and China."},
+    {"id": "kilimanjaro", "title": "Mount Kilimanjaro",
+     "text": "Mount Kilimanjaro is a dormant volcano in Tanzania. At 5,895 metres it is the highest "
+             "mountain in Africa."},
+    {"id": "denali", "title": "Denali",
+     "text": "Denali, in Alaska, is the highest mountain peak in North America, with a summit elevation "
+             "of 6,190 metres above sea level."},
+    {"id": "hillary", "title": "First ascent of Everest",
+     "text": "Edmund Hillary and Tenzing Norgay made the first confirmed ascent of Mount Everest on "
+             "29 May 1953, as members of a British expedition led by John Hunt."},
+]
 
 ANSWER = "Mount Everest is the highest mountain on Earth, and it lies in the Himalayas between Nepal and China."
 
 
 def documents_for(tokenizer, n_tokens: int) -> list[dict]:
-    """Enough numbered copies of the demo documents for a prompt of about ``n_tokens`` tokens."""
+    """Enough numbered copies of the benchmark documents for a prompt of about ``n_tokens`` tokens."""
     docs, total = [], 80
     while total < n_tokens - 60:
-        d = dict(DEMO_DOCUMENTS[len(docs) % len(DEMO_DOCUMENTS)])
+        d = dict(BENCH_DOCUMENTS[len(docs) % len(BENCH_DOCUMENTS)])
         d["title"] = f"{d['title']} ({len(docs) + 1})"
         total += len(encode(tokenizer, d["text"])) + 12
         docs.append(d)
@@ -108,13 +126,17 @@ import json, os, resource, sys, torch
 sys.path.insert(0, os.getcwd())
 from benchmarks.overhead import documents_for, ANSWER
 from at2_rag import AT2Attributor, load_model
+from at2_rag.capture import capturing
 from at2_rag.prompts import encode
 mode, length, device, dtype = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
 model, tok = load_model("default", device=device, dtype=None if dtype == "none" else dtype)
 att = AT2Attributor(model, tok, estimator=None)
 docs = documents_for(tok, length)
 prompt = att.prompt("What is the highest mountain on Earth?", docs)
-ids = torch.tensor([prompt.input_ids + encode(tok, ANSWER)], device=device)
+answer_ids = encode(tok, ANSWER)
+ids = torch.tensor([prompt.input_ids + answer_ids], device=device)
+# The capture for an attribution of ANSWER (its rows), built before the measured region like ids.
+cap = att._capture(prompt, rows=range(len(prompt) - 1, len(prompt) + len(answer_ids) - 1))
 def status(key):
     with open("/proc/self/status") as fh:
         return next(int(l.split()[1]) * 1024 for l in fh if l.startswith(key))
@@ -131,7 +153,8 @@ else:
     base = status("VmRSS")
 with torch.inference_mode():
     if mode == "capture":
-        att.attribute(prompt.question, docs, ANSWER)
+        with capturing(cap):
+            model(input_ids=ids, use_cache=False, logits_to_keep=1)
     elif mode == "eager":
         model.set_attn_implementation("eager")
         model(input_ids=ids, use_cache=False, output_attentions=True, logits_to_keep=1)
@@ -157,17 +180,19 @@ def main() -> None:
     ap.add_argument("--memory-lengths", type=int, nargs="+", default=None)
     ap.add_argument("--eager-max", type=int, default=2048, help="skip eager output_attentions above this")
     ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--memory-reps", type=int, default=3, help="fresh processes per memory point (median)")
     ap.add_argument("--new-tokens", type=int, default=32)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default="none")
     ap.add_argument("--skip-memory", action="store_true")
+    ap.add_argument("--skip-speed", action="store_true")
     ap.add_argument("--out", default="benchmarks/out/overhead.json")
     args = ap.parse_args()
     model, tok = load_model("default", device=args.device, dtype=None if args.dtype == "none" else args.dtype)
     att = AT2Attributor(model, tok, estimator=None)
     device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU ({os.cpu_count()} cores)"
     results = {"device": device_name, "dtype": str(model.dtype), "torch": torch.__version__, "speed": [], "memory": []}
-    for n in args.lengths:
+    for n in [] if args.skip_speed else args.lengths:
         r = speed(att, n, args.reps, args.new_tokens)
         results["speed"].append(r)
         print(f"{r['prompt_tokens']:>6} tok  generate x{r['generate_ratio_median']:.3f}  forward x{r['forward_ratio_median']:.3f}  "
@@ -178,7 +203,11 @@ def main() -> None:
             if mode == "eager" and n > args.eager_max:
                 results["memory"].append({"mode": mode, "tokens": n, "skipped": True})
                 continue
-            m = memory(n, mode, args.device, args.dtype)
+            runs = [memory(n, mode, args.device, args.dtype) for _ in range(args.memory_reps)]
+            m = dict(runs[0])
+            if all("peak_bytes" in r for r in runs):  # median over fresh processes: RSS peaks are noisy
+                m["peak_bytes_runs"] = [r["peak_bytes"] for r in runs]
+                m["peak_bytes"] = statistics.median(m["peak_bytes_runs"])
             results["memory"].append(m)
             print(f"memory {n:>6} {mode:<8} {m.get('peak_bytes', 0) / 2**20:10.1f} MiB {m.get('error', '')}", flush=True)
     os.makedirs(os.path.dirname(args.out), exist_ok=True)

@@ -10,7 +10,7 @@ import torch
 from at2_rag import build_prompt, capture
 from at2_rag.ablation import answer_token_logprobs, log1mexp, logit_prob, random_masks, span_targets
 from at2_rag.prompts import encode
-from conftest import tiny_model
+from tiny_models import tiny_model
 
 
 def test_log1mexp_is_stable_and_exact():

@@ -183,7 +183,7 @@ def test_threads_share_one_model_without_mixing(attributor):
 
 def test_tiny_model_attributor_generate_matches_attribute(tokenizer):
     """Any interface-compatible architecture works end to end (tiny Qwen2, real tokenizer)."""
-    from conftest import tiny_model
+    from tiny_models import tiny_model
 
     model = tiny_model("qwen2", vocab_size=len(tokenizer))
     att = AT2Attributor(model, tokenizer, estimator=None, max_new_tokens=6)

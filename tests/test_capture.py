@@ -7,7 +7,7 @@ import torch
 
 from at2_rag import capture
 from at2_rag.errors import UnsupportedModelError
-from conftest import TINY_ARCHS, tiny_model
+from tiny_models import TINY_ARCHS, tiny_model
 
 TOL = 1e-5
 

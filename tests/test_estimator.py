@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from at2_rag import Estimator, EstimatorError, ModelIdentity
-from conftest import tiny_model
+from tiny_models import tiny_model
 
 IDENT = ModelIdentity("LlamaForCausalLM", 3, 4, 256, "tiny")
 

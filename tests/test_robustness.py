@@ -135,7 +135,7 @@ def test_default_cache_write_is_atomic(monkeypatch, tmp_path):
     import safetensors.torch
     import transformers
 
-    from conftest import tiny_model
+    from tiny_models import tiny_model
 
     monkeypatch.setenv("AT2_RAG_CACHE", str(tmp_path))
     # Skip the slow dequantisation: the write path is what is under test.

@@ -19,7 +19,7 @@ from at2_rag.training import (
     pearson_loss,
     surrogate,
 )
-from conftest import tiny_model
+from tiny_models import tiny_model
 
 
 def test_pearson_loss_hand_values():

@@ -1,0 +1,130 @@
+"""A self-contained HTML report: answers whose sentences link to the highlighted source sentences.
+
+One file, inline CSS and a few lines of JavaScript, no server and no network: hovering (or
+focusing) an answer sentence highlights the source sentences it rests on; every score shows on hover.
+"""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Sequence
+
+from .qa import QAResult
+
+_CSS = """
+body{font:15px/1.5 system-ui,sans-serif;max-width:980px;margin:2em auto;padding:0 1em;color:#1d232a}
+h1{font-size:1.5em} h2{font-size:1.15em;margin-top:2.2em;border-top:1px solid #ddd;padding-top:1em}
+.answer{background:#f4f7fb;border-radius:6px;padding:.7em 1em;margin:.4em 0}
+.ans-sent{cursor:pointer;border-radius:3px;padding:0 1px}
+.ans-sent:hover,.ans-sent:focus,.ans-sent.pinned{background:#ffe9a8;outline:none}
+.mark{font-size:.75em;vertical-align:super;color:#3558a8}
+.chunk{border:1px solid #ddd;border-radius:6px;padding:.5em .8em;margin:.5em 0}
+.chunk.dropped{opacity:.55;border-style:dashed}
+.chunk .head{display:flex;gap:.8em;align-items:center;font-size:.85em;color:#555}
+.bar{display:inline-block;height:.7em;background:#4f7fd9;border-radius:2px;min-width:1px}
+.badge{font-size:.75em;padding:0 .4em;border-radius:3px;background:#dfe9d8}
+.dropped .badge{background:#eee}
+.src-sent.cited{background:#fff4cf}
+.src-sent.active{background:#ffd24d;box-shadow:0 0 0 2px #ffd24d}
+.muted{color:#666;font-size:.9em}
+"""
+
+_JS = """
+document.querySelectorAll('.ans-sent').forEach(function (el) {
+  var ids = (el.dataset.cites || '').split(' ').filter(Boolean);
+  function set(on) { ids.forEach(function (id) {
+    var t = document.getElementById(id); if (t) t.classList.toggle('active', on); }); }
+  el.addEventListener('mouseenter', function () { set(true); });
+  el.addEventListener('mouseleave', function () { if (!el.classList.contains('pinned')) set(false); });
+  el.addEventListener('focus', function () { set(true); });
+  el.addEventListener('blur', function () { if (!el.classList.contains('pinned')) set(false); });
+  el.addEventListener('click', function () { set(el.classList.toggle('pinned')); });
+});
+"""
+
+
+def render_html(results: Sequence[QAResult], title: str = "at2-rag report") -> str:
+    """The whole report for ``results`` as one HTML string."""
+    body = "".join(_question(n, r) for n, r in enumerate(results))
+    return (
+        f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{_e(title)}</title>'
+        f"<style>{_CSS}</style></head><body><h1>{_e(title)}</h1>"
+        '<p class="muted">Hover over or click an answer sentence to highlight the source sentences it rests '
+        "on. Scores are AT2 attribution scores (how much a source drove the answer).</p>"
+        f"{body}<script>{_JS}</script></body></html>"
+    )
+
+
+def write_html(results: Sequence[QAResult], path: str, title: str = "at2-rag report") -> None:
+    with open(path, "w", encoding="utf-8") as fh:
+        fh.write(render_html(results, title))
+
+
+def _question(n: int, r: QAResult) -> str:
+    kept = r.kept  # retrieved indices of the final prompt's documents, in order
+    # Source sentence id for (final prompt source index) and the sentences cited anywhere.
+    sid = {s.index: f"q{n}-d{kept[s.document]}-s{s.index}" for s in r.final.sources}
+    cited_ids = {sid[c.source] for cit in r.citations for c in cit.sources}
+    answer = _answer_html(r, sid)
+    full = r.full_context_answer
+    best = max([s for s in r.prune.scores if s != float("-inf")] + [1e-12])
+    chunks = []
+    for i, doc in enumerate(r.retrieved):
+        score = r.prune.scores[i]
+        is_kept = i in kept
+        width = 0 if score == float("-inf") else max(0.0, score) / best * 120
+        text = _kept_text(r, n, i, kept.index(i), cited_ids) if is_kept else _e(doc.text)
+        chunks.append(
+            f'<div class="chunk {"kept" if is_kept else "dropped"}" data-doc="{i}">'
+            f'<div class="head"><b>[{i + 1}] {_e(doc.title or doc.id or "")}</b>'
+            f'<span class="bar" style="width:{width:.0f}px" title="attribution score {score:.4f}"></span>'
+            f'<span title="AT2 attribution score">AT2 {score:.3f}</span>'
+            f'<span title="retrieval cosine similarity">retrieval {r.retrieval_scores[i]:.3f}</span>'
+            f'<span class="badge">{"kept" if is_kept else "dropped"}</span></div>'
+            f'<div class="text">{text}</div></div>'
+        )
+    dropped = ", ".join(f"[{i + 1}]" for i in r.dropped) or "none"
+    return (
+        f'<section class="question" id="q{n}"><h2>Q: {_e(r.question)}</h2>'
+        f'<div class="answer final"><b>Answer</b> (from {len(kept)} kept chunk(s)): {answer}</div>'
+        + (f'<div class="answer full muted"><b>Full-context answer</b>: {_e(full)}</div>' if full is not None else "")
+        + f'<p class="muted">Mode: {_e(r.prune.mode)} · kept {r.prune.kept_tokens} of {r.prune.total_tokens} '
+        f"context tokens · dropped: {dropped}</p>{''.join(chunks)}</section>"
+    )
+
+
+def _answer_html(r: QAResult, sid: dict[int, str]) -> str:
+    out, pos, answer = [], 0, r.answer
+    for c in r.citations:
+        out.append(_e(answer[pos : c.start]))
+        ids = " ".join(sid[s.source] for s in c.sources)
+        tip = "; ".join(f"[{r.kept[s.document] + 1}] {s.score:.3f}" for s in c.sources) or "no citation"
+        marks = "".join(f"[{r.kept[d] + 1}]" for d in c.documents)
+        out.append(
+            f'<span class="ans-sent" tabindex="0" data-cites="{ids}" title="{_e(tip)}">{_e(answer[c.start:c.end])}'
+            f'<span class="mark">{marks}</span></span>'
+        )
+        pos = c.end
+    out.append(_e(answer[pos:]))
+    return "".join(out)
+
+
+def _kept_text(r: QAResult, n: int, doc_index: int, final_doc: int, cited_ids: set[str]) -> str:
+    """The kept chunk's text with each sentence wrapped (id, score on hover, cited highlight)."""
+    text = r.retrieved[doc_index].text
+    overall = r.final.scores.tolist()
+    out, pos = [], 0
+    for s in r.final.sources:
+        if s.document != final_doc:
+            continue
+        ident = f"q{n}-d{doc_index}-s{s.index}"
+        out.append(_e(text[pos : s.start]))
+        cls = "src-sent cited" if ident in cited_ids else "src-sent"
+        out.append(f'<span class="{cls}" id="{ident}" title="score {overall[s.index]:.4f}">{_e(text[s.start:s.end])}</span>')
+        pos = s.end
+    out.append(_e(text[pos:]))
+    return "".join(out)
+
+
+def _e(text: str) -> str:
+    return html.escape(text, quote=True)

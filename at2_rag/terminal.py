@@ -1,0 +1,71 @@
+"""Rich terminal rendering of a :class:`~at2_rag.qa.QAResult`: scores as bars, answers, citations."""
+
+from __future__ import annotations
+
+from .qa import QAResult
+
+
+def rich_console(stderr: bool = False):
+    """A rich Console (on stderr for progress and notes), or a clear error naming the package to install."""
+    try:
+        from rich.console import Console
+    except ImportError as e:
+        raise ImportError("the terminal view needs rich; install it with `pip install rich`") from e
+    return Console(stderr=stderr)
+
+
+def print_result(console, r: QAResult, bar_width: int = 24) -> None:
+    """Retrieved chunks with AT2 score bars, both answers, what was dropped, and per-sentence citations."""
+    from rich.markup import escape
+    from rich.panel import Panel
+    from rich.table import Table
+    from rich.text import Text
+
+    console.rule(f"[bold]Q: {escape(r.question)}")
+    table = Table(show_edge=False, pad_edge=False, expand=False)
+    table.add_column("#", justify="right")
+    table.add_column("chunk")
+    table.add_column("retrieval", justify="right")
+    table.add_column("AT2 score")
+    table.add_column("")
+    finite = [s for s in r.prune.scores if s != float("-inf")]
+    best = max(finite + [1e-12])
+    for i, doc in enumerate(r.retrieved):
+        score = r.prune.scores[i]
+        n = 0 if score == float("-inf") else round(max(0.0, score) / best * bar_width)
+        kept = i in r.prune.kept
+        bar = Text("█" * n + "·" * (bar_width - n), style="blue" if kept else "dim")
+        bar.append(f" {score:.3f}")
+        title = doc.title or doc.id or ""
+        table.add_row(str(i + 1), Text(title[:40], style="" if kept else "dim"), f"{r.retrieval_scores[i]:.3f}", bar,
+                      Text("kept", style="green") if kept else Text("dropped", style="dim"))
+    console.print(table)
+    if r.full_context_answer is not None:
+        console.print(Text("Full-context answer: ", style="bold") + Text(r.full_context_answer.strip()))
+    dropped = ", ".join(f"[{i + 1}]" for i in r.dropped) or "none"
+    console.print(
+        f"Pruned: kept {len(r.kept)} of {len(r.retrieved)} chunks ({r.prune.kept_tokens} of "
+        f"{r.prune.total_tokens} tokens); dropped {dropped}"
+    )
+    answer = Text()
+    pos = 0
+    for c in r.citations:
+        answer.append(r.answer[pos : c.start])
+        answer.append(r.answer[c.start : c.end])
+        answer.append("".join(f"[{r.kept[d] + 1}]" for d in c.documents), style="bold cyan")
+        pos = c.end
+    answer.append(r.answer[pos:])
+    console.print(Panel(answer, title="Answer from the kept chunks", title_align="left"))
+    for c in r.citations:
+        if not c.sources:
+            continue
+        console.print(Text("“" + c.text.strip() + "”", style="italic"))
+        for s in c.sources:
+            doc = r.final.prompt.documents[s.document]
+            line = Text(f"   [{r.kept[s.document] + 1}] ", style="bold cyan")
+            line.append(doc.text[: s.start])
+            line.append(doc.text[s.start : s.end], style="black on yellow")
+            line.append(doc.text[s.end :])
+            line.append(f"  ({s.score:.3f})", style="dim")
+            console.print(line)
+    console.print()

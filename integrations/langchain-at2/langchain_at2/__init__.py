@@ -1,0 +1,22 @@
+"""LangChain integration of at2-rag: prune retrieved documents and cite sources with AT2 attribution."""
+
+from .cited_answer import AT2CitedAnswer, default_answer_prompt
+from .compressor import AT2DocumentCompressor
+from .documents import RELEVANCE_KEY, SCORE_KEY, SPANS_KEY
+from .embeddings import AT2BundledEmbeddings
+from .local_model import LocalModelFields
+from .retriever import AT2PruningRetriever
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AT2BundledEmbeddings",
+    "AT2CitedAnswer",
+    "AT2DocumentCompressor",
+    "AT2PruningRetriever",
+    "LocalModelFields",
+    "RELEVANCE_KEY",
+    "SCORE_KEY",
+    "SPANS_KEY",
+    "default_answer_prompt",
+]

@@ -1,0 +1,167 @@
+"""``AT2DocumentCompressor``: keep the retrieved documents (and sentences) the model actually used."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Any, Literal, Self
+
+import at2_rag
+from at2_rag import AT2Attributor, Attribution, KeepPolicy, Pruner
+from langchain_core.callbacks import Callbacks
+from langchain_core.documents import BaseDocumentCompressor, Document
+from pydantic import Field, model_validator
+from typing_extensions import override
+
+from .documents import SPANS_KEY, check_question, non_empty, scored_copy, to_at2
+from .local_model import LocalModelFields
+from .selection import Selection, from_prune_result, select_sentences
+
+
+class AT2DocumentCompressor(LocalModelFields, BaseDocumentCompressor):
+    """Scores documents with AT2 attribution on a local model and keeps the ones that drove it.
+
+    Returns new documents, best first, with ``metadata["attribution_score"]`` (and the same value
+    as ``metadata["relevance_score"]``); all other metadata is kept and the inputs are not changed.
+    Documents with empty ``page_content`` are skipped with a ``UserWarning``; an empty list gives
+    ``[]`` without loading the model; an empty query raises ``at2_rag.InputError``; a context
+    beyond the model's window raises ``at2_rag.ContextTooLongError`` (see ``overflow``).
+
+    Example:
+        .. code-block:: python
+
+            from langchain_at2 import AT2DocumentCompressor
+
+            compressor = AT2DocumentCompressor(top_k=3)
+            kept = compressor.compress_documents(docs, "Who wrote Hamlet?")
+    """
+
+    mode: Literal["draft", "query"] = "draft"
+    """``"draft"``: the local model drafts an answer and its attention while drafting is scored
+    (most faithful). ``"query"``: one prefill pass over the question, no draft (cheaper)."""
+    top_k: int | None = Field(default=3, ge=1)
+    """Keep at most this many documents."""
+    threshold: float | None = None
+    """Keep only documents scoring at least this."""
+    relative: float | None = None
+    """Keep only documents scoring at least this fraction (0-1) of the best score."""
+    token_budget: int | None = Field(default=None, ge=0)
+    """Keep documents, best first, while their prompt tokens stay within this budget."""
+    min_keep: int = Field(default=1, ge=0)
+    """Always keep at least this many of the best documents."""
+    sentence_level: bool = False
+    """Also drop the unused sentences inside kept documents (scores sentences instead of documents)."""
+    sentence_policy: KeepPolicy = Field(default_factory=lambda: KeepPolicy(relative=0.5))
+    """Which sentences of a kept document to keep (default: those with at least half the weight of
+    the document's strongest sentence)."""
+    query_estimator: str | None = "default"
+    """Estimator for ``mode="query"``: ``"default"`` (shipped), a path, or None (uniform)."""
+
+    @model_validator(mode="after")
+    def _check_policy(self) -> Self:
+        self.policy()  # the core validates the combination
+        return self
+
+    def policy(self, k: int | None = None) -> KeepPolicy:
+        """The core keep policy these fields describe (``k`` replaces ``top_k``)."""
+        if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
+            raise ValueError(f"k must be a positive int, got {k!r}")
+        return KeepPolicy(
+            top_k=self.top_k if k is None else k,
+            threshold=self.threshold,
+            relative=self.relative,
+            token_budget=self.token_budget,
+            min_keep=self.min_keep,
+        )
+
+    @override
+    def compress_documents(
+        self,
+        documents: Sequence[Document],
+        query: str,
+        callbacks: Callbacks | None = None,
+        *,
+        k: int | None = None,
+    ) -> Sequence[Document]:
+        """Score ``documents`` for ``query`` and return the kept ones, best first (at most ``k``)."""
+        policy, indices, docs = self._prepare(documents, query, k)
+        if not docs:
+            return []
+        att = self.get_attributor()
+        if self.sentence_level:
+            selection = select_sentences(
+                self._score_sentences(att, query, docs), policy, self.sentence_policy
+            )
+        else:
+            selection = from_prune_result(self._pruner(att, policy).prune(query, docs))
+        return self._build(documents, indices, selection)
+
+    @override
+    async def acompress_documents(
+        self,
+        documents: Sequence[Document],
+        query: str,
+        callbacks: Callbacks | None = None,
+        *,
+        k: int | None = None,
+    ) -> Sequence[Document]:
+        """:meth:`compress_documents` with the model work in a worker thread (the loop keeps running)."""
+        policy, indices, docs = self._prepare(documents, query, k)
+        if not docs:
+            return []
+        att = await asyncio.to_thread(self.get_attributor)
+        if self.sentence_level:
+            attribution = await self._ascore_sentences(att, query, docs)
+            selection = select_sentences(attribution, policy, self.sentence_policy)
+        else:
+            selection = from_prune_result(await self._pruner(att, policy).aprune(query, docs))
+        return self._build(documents, indices, selection)
+
+    # -- internals ----------------------------------------------------------------------------------
+    def _prepare(
+        self, documents: Sequence[Document], query: str, k: int | None
+    ) -> tuple[KeepPolicy, list[int], list[at2_rag.Document]]:
+        """The policy, and the positions and at2-rag views of the documents to score (none: nothing to do)."""
+        policy = self.policy(k)
+        if not documents:
+            return policy, [], []
+        check_question(query)
+        indices = non_empty(documents, type(self).__name__)
+        return policy, indices, [to_at2(documents[i], self.title_key) for i in indices]
+
+    def _pruner(self, att: AT2Attributor, policy: KeepPolicy) -> Pruner:
+        return Pruner(
+            att,
+            mode=self.mode,
+            policy=policy,
+            query_estimator=self.query_estimator,
+            max_new_tokens=self.max_new_tokens,
+        )
+
+    def _sentence_kwargs(self) -> dict[str, Any]:
+        if self.mode == "query":
+            return {"estimator": self.query_estimator, "granularity": "sentence"}
+        return {"granularity": "sentence", "max_new_tokens": self.max_new_tokens}
+
+    def _score_sentences(self, att: AT2Attributor, query: str, docs: list[at2_rag.Document]) -> Attribution:
+        score = att.score_query if self.mode == "query" else att.generate
+        return score(query, docs, **self._sentence_kwargs())
+
+    async def _ascore_sentences(
+        self, att: AT2Attributor, query: str, docs: list[at2_rag.Document]
+    ) -> Attribution:
+        score = att.ascore_query if self.mode == "query" else att.agenerate
+        return await score(query, docs, **self._sentence_kwargs())
+
+    @staticmethod
+    def _build(documents: Sequence[Document], indices: list[int], selection: Selection) -> list[Document]:
+        out = []
+        for i in selection.kept:
+            doc, score = documents[indices[i]], float(selection.scores[i])
+            if selection.spans is None:
+                out.append(scored_copy(doc, score))
+                continue
+            spans = selection.spans[i]
+            text = "".join(doc.page_content[s:e] for s, e in spans).strip()
+            out.append(scored_copy(doc, score, text, **{SPANS_KEY: [list(span) for span in spans]}))
+        return out

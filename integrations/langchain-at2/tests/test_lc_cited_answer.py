@@ -1,0 +1,154 @@
+"""AT2CitedAnswer: proxy citations for API-model answers, the local model, LCEL use and callbacks."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from at2_rag import InputError
+from langchain_at2 import AT2CitedAnswer, AT2DocumentCompressor
+from langchain_core.callbacks import BaseCallbackHandler
+from langchain_core.documents import Document
+from langchain_core.language_models.fake import FakeListLLM
+from langchain_core.language_models.fake_chat_models import FakeListChatModel, GenericFakeChatModel
+from langchain_core.messages import AIMessage
+from langchain_core.runnables import RunnableLambda
+
+from lc_support import GOLD, QUESTION, TEXTS
+
+FACT = "The Eiffel Tower was completed in 1889."
+TOKYO = "Tokyo hosted the Summer Olympics in 2021."
+
+
+def check_spans(out: dict[str, Any]) -> None:
+    """Every citation's spans point at its text in the answer and in the cited document."""
+    for c in out["citations"]:
+        assert out["answer"][c["start"] : c["end"]] == c["text"]
+        for s in c["sources"]:
+            assert out["documents"][s["document"]].page_content[s["start"] : s["end"]] == s["text"]
+
+
+class Recorder(BaseCallbackHandler):
+    """Records chain, model and retriever starts with their parents, and chat prompts."""
+
+    def __init__(self) -> None:
+        self.runs: dict[Any, tuple[str, Any]] = {}
+        self.prompts: list[str] = []
+
+    def on_chain_start(self, serialized, inputs, *, run_id, parent_run_id=None, **kwargs):
+        self.runs[run_id] = ("chain:" + str(kwargs.get("name")), parent_run_id)
+
+    def on_chat_model_start(self, serialized, messages, *, run_id, parent_run_id=None, **kwargs):
+        self.runs[run_id] = ("chat_model", parent_run_id)
+        self.prompts.append("\n".join(str(m.content) for m in messages[0]))
+
+    def on_retriever_start(self, serialized, query, *, run_id, parent_run_id=None, **kwargs):
+        self.runs[run_id] = ("retriever", parent_run_id)
+
+    def root_of(self, kind: str) -> str:
+        run_id = next(r for r, (k, _) in self.runs.items() if k == kind)
+        while self.runs[run_id][1] is not None:
+            run_id = self.runs[run_id][1]
+        return self.runs[run_id][0]
+
+
+def test_proxy_citations_point_to_the_document_with_the_fact(attributor, docs):
+    chain = AT2CitedAnswer(attributor=attributor, llm=FakeListChatModel(responses=[FACT]))
+    out = chain.invoke({"question": QUESTION, "documents": docs})
+    assert out["answer"] == FACT and out["documents"] == docs
+    (citation,) = out["citations"]
+    assert citation["documents"][0] == GOLD
+    assert citation["sources"][0]["document_id"] == f"id-{GOLD}"
+    assert "1889" in citation["sources"][0]["text"]
+    assert out["answer_with_markers"] == FACT + f"[{GOLD + 1}]"
+    assert max(range(4), key=out["document_scores"].__getitem__) == GOLD
+    check_spans(out)
+
+
+def test_plain_llm_and_two_sentence_answer_cite_per_sentence(attributor, docs):
+    llm = FakeListLLM(responses=[f"{FACT} {TOKYO}"])
+    out = AT2CitedAnswer(attributor=attributor, llm=llm).invoke({"question": QUESTION, "documents": docs})
+    first, second = out["citations"]
+    assert first["documents"][0] == GOLD and second["documents"][0] == 2
+    check_spans(out)
+
+
+def test_callbacks_fire_for_the_chain_retriever_and_model(attributor, base_retriever):
+    recorder = Recorder()
+    chain = AT2CitedAnswer(
+        attributor=attributor,
+        retriever=base_retriever,
+        llm=GenericFakeChatModel(messages=iter([AIMessage(FACT)])),
+    )
+    out = chain.invoke(QUESTION, config={"callbacks": [recorder]})
+    cited = out["citations"][0]["documents"][0]
+    assert out["documents"][cited].id == f"id-{GOLD}"
+    assert recorder.root_of("chat_model") == "chain:AT2CitedAnswer"
+    assert recorder.root_of("retriever") == "chain:AT2CitedAnswer"
+    assert any("1889" in p and QUESTION in p for p in recorder.prompts)
+
+
+def test_pipe_batch_and_ainvoke_agree_with_invoke(attributor, docs):
+    answers = [FACT, TOKYO]
+    questions = [QUESTION, "Which city hosted the 2021 Summer Olympics?"]
+
+    def make(responses: list[str] = answers) -> AT2CitedAnswer:
+        return AT2CitedAnswer(attributor=attributor, llm=FakeListChatModel(responses=responses))
+
+    single = [make([a]).invoke({"question": q, "documents": docs}) for q, a in zip(questions, answers)]
+    assert single[1]["citations"][0]["documents"][0] == 2
+    chain = RunnableLambda(lambda q: {"question": q, "documents": docs}) | make()
+    batched = chain.batch(questions, config={"max_concurrency": 1})  # in order: the fake answers in turn
+    assert batched == single
+    assert asyncio.run(make().ainvoke({"question": questions[0], "documents": docs})) == single[0]
+
+
+def test_local_model_answers_and_cites_itself(attributor, docs):
+    chain = AT2CitedAnswer(attributor=attributor, max_new_tokens=16)
+    out = chain.invoke({"question": QUESTION, "documents": [d.page_content for d in docs]})
+    assert out["answer"].strip()
+    assert out["citations"] and out["citations"][0]["documents"][0] == GOLD
+    assert [d.page_content for d in out["documents"]] == TEXTS
+    check_spans(out)
+
+
+def test_prune_then_regenerate_answers_from_the_pruned_context(attributor, docs):
+    recorder = Recorder()
+    chain = AT2CitedAnswer(
+        compressor=AT2DocumentCompressor(attributor=attributor, top_k=1, max_new_tokens=8),
+        llm=FakeListChatModel(responses=[FACT]),
+    )
+    out = chain.invoke({"question": QUESTION, "documents": docs}, config={"callbacks": [recorder]})
+    assert [d.id for d in out["documents"]] == [f"id-{GOLD}"]
+    assert out["documents"][0].metadata["attribution_score"] > 0
+    assert out["citations"][0]["documents"] == [0]
+    (prompt,) = recorder.prompts
+    assert TEXTS[GOLD] in prompt and all(t not in prompt for t in TEXTS[1:])
+    assert not chain.attributor_loaded, "the compressor's model is shared, not loaded twice"
+    check_spans(out)
+
+
+def test_bad_input_is_reported(attributor, docs):
+    chain = AT2CitedAnswer(attributor=attributor, llm=FakeListChatModel(responses=[FACT]))
+    for bad in ("", "  ", {"question": ""}, {"documents": docs}, 42):
+        with pytest.raises(InputError):
+            chain.invoke(bad)
+    with pytest.raises(InputError, match="no retriever"):
+        chain.invoke(QUESTION)
+    with (
+        pytest.warns(UserWarning, match="empty page_content"),
+        pytest.raises(InputError, match="no documents"),
+    ):
+        chain.invoke({"question": QUESTION, "documents": [Document(page_content=" ")]})
+    lazy = AT2CitedAnswer(llm=FakeListChatModel(responses=[FACT]))
+    with pytest.raises(InputError):
+        lazy.invoke({"question": " ", "documents": docs})
+    assert not lazy.attributor_loaded
+
+
+def test_empty_model_answer_gives_no_citations(attributor, docs):
+    out = AT2CitedAnswer(attributor=attributor, llm=FakeListChatModel(responses=[""])).invoke(
+        {"question": QUESTION, "documents": docs}
+    )
+    assert out["answer"] == "" and out["citations"] == [] and out["document_scores"] == [0.0] * 4

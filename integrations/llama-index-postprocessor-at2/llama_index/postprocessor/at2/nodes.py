@@ -1,0 +1,67 @@
+"""Nodes as at2-rag documents, and the scores AT2 writes onto (copies of) nodes."""
+
+from __future__ import annotations
+
+import warnings
+from typing import List, Optional, Sequence
+
+from at2_rag import Document
+from llama_index.core.schema import MetadataMode, NodeWithScore
+
+RETRIEVAL_SCORE_KEY = "retrieval_score"
+"""Metadata key holding the score a node had before AT2 scored it (the retriever's, usually)."""
+ATTRIBUTION_SCORE_KEY = "attribution_score"
+"""Metadata key holding the node's AT2 attribution score (also its ``NodeWithScore.score``)."""
+METADATA_KEYS = (RETRIEVAL_SCORE_KEY, ATTRIBUTION_SCORE_KEY)
+"""Every metadata key AT2 adds; all are excluded from LLM and embedding text."""
+
+
+def node_text(node: NodeWithScore, metadata_mode: MetadataMode) -> str:
+    """The text AT2 scores for ``node``: its content rendered with ``metadata_mode``."""
+    return node.node.get_content(metadata_mode=metadata_mode)
+
+
+def nodes_with_text(nodes: Sequence[NodeWithScore], metadata_mode: MetadataMode) -> List[NodeWithScore]:
+    """The nodes that have text to attribute; empty ones are left out with a warning.
+
+    A node without text cannot have driven an answer, so it is never kept or cited.
+    """
+    kept = [n for n in nodes if node_text(n, metadata_mode).strip()]
+    if len(kept) < len(nodes):
+        empty = [n.node.node_id for n in nodes if not node_text(n, metadata_mode).strip()]
+        warnings.warn(
+            f"left out {len(empty)} node(s) with no text, which AT2 cannot score: {empty}",
+            stacklevel=3,
+        )
+    return kept
+
+
+def to_documents(nodes: Sequence[NodeWithScore], metadata_mode: MetadataMode) -> List[Document]:
+    """One at2-rag document per node, identified by the node id."""
+    return [Document(text=node_text(n, metadata_mode), id=n.node.node_id) for n in nodes]
+
+
+def annotate(node: NodeWithScore, score: Optional[float]) -> NodeWithScore:
+    """A copy of ``node`` carrying its attribution score; the caller's node is left untouched.
+
+    The first score a node arrived with is kept under :data:`RETRIEVAL_SCORE_KEY` (scoring twice
+    keeps the retriever's score, not the first attribution), and both keys are excluded from the
+    text that LLMs and embedding models see.
+    """
+    inner = node.node
+    metadata = dict(inner.metadata)
+    metadata.setdefault(RETRIEVAL_SCORE_KEY, node.score)
+    metadata[ATTRIBUTION_SCORE_KEY] = score
+    copy = inner.model_copy(
+        deep=True,
+        update={
+            "metadata": metadata,
+            "excluded_llm_metadata_keys": _with_keys(inner.excluded_llm_metadata_keys),
+            "excluded_embed_metadata_keys": _with_keys(inner.excluded_embed_metadata_keys),
+        },
+    )
+    return NodeWithScore(node=copy, score=score)
+
+
+def _with_keys(excluded: Sequence[str]) -> List[str]:
+    return list(dict.fromkeys([*excluded, *METADATA_KEYS]))

@@ -1,0 +1,143 @@
+"""AT2Postprocessor: keep the retrieved nodes that drive the answer, scored by AT2 attribution."""
+
+from __future__ import annotations
+
+from typing import Any, List, Literal, Optional, Tuple
+
+from at2_rag import AT2Attributor, Document, KeepPolicy, Pruner, PruneResult
+from llama_index.core.bridge.pydantic import Field, PrivateAttr
+from llama_index.core.postprocessor.types import BaseNodePostprocessor
+from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle
+
+from at2_rag.lazy import LazyAttributor
+from .nodes import annotate, nodes_with_text, to_documents
+
+
+class AT2Postprocessor(BaseNodePostprocessor):
+    """Score retrieved nodes with AT2 on a local model and keep the useful ones, best first.
+
+    Returned nodes are annotated copies: ``score`` is the attribution score, the metadata holds
+    ``retrieval_score`` (the score the node arrived with) and ``attribution_score``, and both keys
+    are excluded from LLM and embedding text. The caller's nodes are never modified.
+
+    Pass ``attributor=`` to share a loaded :class:`~at2_rag.AT2Attributor`; otherwise one is
+    loaded from ``model``/``estimator``/``device``/``dtype``/``overflow`` on the first non-empty
+    call (those fields are then fixed).
+    """
+
+    mode: Literal["draft", "query"] = Field(
+        default="draft",
+        description="'draft': the local model drafts an answer and its attention while drafting is "
+        "scored; 'query': one prefill pass scored by the query estimator (cheaper, less faithful).",
+    )
+    top_k: Optional[int] = Field(default=3, description="Keep at most this many nodes.")
+    threshold: Optional[float] = Field(
+        default=None, description="Keep only nodes scoring at least this (estimator units)."
+    )
+    relative: Optional[float] = Field(
+        default=None, description="Keep only nodes scoring at least this fraction (0-1) of the best."
+    )
+    token_budget: Optional[int] = Field(
+        default=None, description="Keep nodes, best first, while their prompt tokens fit this budget."
+    )
+    min_keep: int = Field(default=1, description="Always keep at least this many of the best nodes.")
+    max_new_tokens: Optional[int] = Field(
+        default=None, description="Draft length in draft mode (None: the attributor's default)."
+    )
+    query_estimator: Optional[str] = Field(
+        default="default", description="Estimator for query mode (None: uniform weights)."
+    )
+    metadata_mode: MetadataMode = Field(
+        default=MetadataMode.NONE,
+        description="How a node is rendered for scoring (NONE: its text alone).",
+    )
+    model: str = Field(default="default", frozen=True, description="Local model to load when none is given.")
+    estimator: Optional[str] = Field(
+        default="default", frozen=True, description="Answer estimator to load with the model."
+    )
+    device: Optional[str] = Field(default=None, frozen=True, description="Device for the model (None: CPU).")
+    dtype: Optional[str] = Field(default=None, frozen=True, description="Model dtype (None: float32).")
+    overflow: Literal["error", "drop_last"] = Field(
+        default="error",
+        frozen=True,
+        description="Over-long context: raise ContextTooLongError, or drop the last nodes (never kept).",
+    )
+
+    _loader: LazyAttributor = PrivateAttr()
+
+    def __init__(self, attributor: Optional[AT2Attributor] = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.policy  # noqa: B018 -- validate the keep policy now, not on the first query
+        self._loader = LazyAttributor(
+            attributor,
+            model=self.model,
+            estimator=self.estimator,
+            device=self.device,
+            dtype=self.dtype,
+            overflow=self.overflow,
+        )
+
+    @classmethod
+    def class_name(cls) -> str:
+        return "AT2Postprocessor"
+
+    @property
+    def policy(self) -> KeepPolicy:
+        """The core keep policy these fields describe (raises ValueError on invalid values)."""
+        return KeepPolicy(
+            top_k=self.top_k,
+            threshold=self.threshold,
+            relative=self.relative,
+            token_budget=self.token_budget,
+            min_keep=self.min_keep,
+        )
+
+    @property
+    def attributor_loader(self) -> LazyAttributor:
+        """The local model, loaded on first use (shared with a citation query engine)."""
+        return self._loader
+
+    def pruner(self, attributor: AT2Attributor) -> Pruner:
+        """The core pruner for these settings."""
+        return Pruner(
+            attributor,
+            mode=self.mode,
+            policy=self.policy,
+            query_estimator=self.query_estimator,
+            max_new_tokens=self.max_new_tokens,
+        )
+
+    def _postprocess_nodes(
+        self, nodes: List[NodeWithScore], query_bundle: Optional[QueryBundle] = None
+    ) -> List[NodeWithScore]:
+        question, scored = self._prepare(nodes, query_bundle)
+        if not scored:
+            return []
+        return _kept(scored, self.pruner(self._loader.get()).prune(question, self._documents(scored)))
+
+    async def _apostprocess_nodes(
+        self, nodes: List[NodeWithScore], query_bundle: Optional[QueryBundle] = None
+    ) -> List[NodeWithScore]:
+        """Score and prune in a worker thread (loading the model there too on first use)."""
+        question, scored = self._prepare(nodes, query_bundle)
+        if not scored:
+            return []
+        pruner = self.pruner(await self._loader.aget())
+        return _kept(scored, await pruner.aprune(question, self._documents(scored)))
+
+    def _documents(self, nodes: List[NodeWithScore]) -> List[Document]:
+        return to_documents(nodes, self.metadata_mode)
+
+    def _prepare(
+        self, nodes: List[NodeWithScore], query_bundle: Optional[QueryBundle]
+    ) -> Tuple[str, List[NodeWithScore]]:
+        if query_bundle is None:
+            raise ValueError(
+                "AT2Postprocessor scores nodes against the query: pass query_bundle= or query_str="
+            )
+        return query_bundle.query_str, nodes_with_text(nodes, self.metadata_mode)
+
+
+def _kept(nodes: List[NodeWithScore], result: PruneResult) -> List[NodeWithScore]:
+    """Annotated copies of the kept nodes, highest attribution score first."""
+    return [annotate(nodes[i], result.scores[i]) for i in result.kept]

@@ -1,0 +1,201 @@
+"""AT2Postprocessor on the real default model: scores, kept nodes, metadata hygiene, errors, async."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import warnings
+
+import pytest
+from at2_rag import AT2Attributor, ContextTooLongError, InputError, KeepPolicy, Pruner
+from li_support import GOLD, QUESTION, FixedLLM, make_nodes
+from llama_index.core.bridge.pydantic import ValidationError
+from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle, TextNode
+
+from llama_index.postprocessor.at2 import ATTRIBUTION_SCORE_KEY, METADATA_KEYS, RETRIEVAL_SCORE_KEY, AT2Postprocessor
+
+
+def texts(nodes):
+    return [n.node.get_content() for n in nodes]
+
+
+@pytest.mark.parametrize("mode", ["query", "draft"])
+def test_scores_equal_the_core_pruner_and_keep_the_gold_node(attributor, nodes, query, mode):
+    pp = AT2Postprocessor(attributor=attributor, mode=mode, top_k=2, max_new_tokens=8)
+    out = pp.postprocess_nodes(nodes, query)
+    core = Pruner(attributor, mode=mode, policy=KeepPolicy(top_k=2), max_new_tokens=8).prune(QUESTION, texts(nodes))
+
+    assert [n.node_id for n in out] == [nodes[i].node_id for i in core.kept]
+    assert out[0].node_id == GOLD
+    for n in out:
+        i = next(k for k, m in enumerate(nodes) if m.node_id == n.node_id)
+        assert n.score == pytest.approx(core.scores[i], rel=1e-6, abs=1e-9)
+        assert n.node.metadata[ATTRIBUTION_SCORE_KEY] == n.score
+        assert n.node.metadata[RETRIEVAL_SCORE_KEY] == nodes[i].score  # the retriever's score survives
+        assert n.node.get_content() == nodes[i].node.get_content()
+    assert out[0].score >= out[1].score
+
+
+@pytest.fixture(scope="module")
+def scored(attributor):
+    """Nodes (with an excluded key of their own), a snapshot of them, and all four scored in query mode."""
+    nodes = make_nodes()
+    nodes[0].node.metadata["internal"] = "secret"
+    nodes[0].node.excluded_llm_metadata_keys = ["internal"]
+    snapshot = [(n.score, dict(n.node.metadata), list(n.node.excluded_llm_metadata_keys)) for n in nodes]
+    pp = AT2Postprocessor(attributor=attributor, mode="query", top_k=4)
+    return pp, nodes, snapshot, pp.postprocess_nodes(nodes, QueryBundle(QUESTION))
+
+
+def test_callers_nodes_are_not_modified(scored):
+    _, nodes, snapshot, out = scored
+    assert [(n.score, dict(n.node.metadata), list(n.node.excluded_llm_metadata_keys)) for n in nodes] == snapshot
+    assert all(a.node is not b.node for a in out for b in nodes)
+
+
+def test_added_keys_never_reach_llm_or_embedding_text(scored):
+    _, _, _, out = scored
+    assert len(out) == 4
+    for n in out:
+        for mode in (MetadataMode.LLM, MetadataMode.EMBED):
+            rendered = n.node.get_content(metadata_mode=mode)
+            assert n.node.metadata["title"] in rendered  # the caller's metadata is still shown
+            assert not any(key in rendered for key in METADATA_KEYS)
+        assert set(METADATA_KEYS) <= set(n.node.excluded_embed_metadata_keys)
+    gold = next(n for n in out if n.node_id == GOLD)
+    assert "secret" not in gold.node.get_content(MetadataMode.LLM)  # earlier exclusions are kept
+
+
+def test_second_pass_keeps_the_original_retrieval_score(scored):
+    pp, nodes, _, out = scored
+    twice = pp.postprocess_nodes(out, QueryBundle(QUESTION))
+    original = {n.node_id: n.score for n in nodes}
+    assert {n.node_id: n.node.metadata[RETRIEVAL_SCORE_KEY] for n in twice} == original
+    assert [(n.node_id, n.score) for n in twice] == [(n.node_id, n.score) for n in out]
+
+
+def test_async_equals_sync_and_leaves_the_event_loop_free(scored):
+    pp, nodes, _, out = scored
+
+    async def score_while_ticking():
+        ticks = 0
+
+        async def tick():
+            nonlocal ticks
+            while True:
+                ticks += 1
+                await asyncio.sleep(0.005)
+
+        ticker = asyncio.create_task(tick())
+        result = await pp.apostprocess_nodes(nodes, QueryBundle(QUESTION))
+        ticker.cancel()
+        return result, ticks
+
+    asynchronous, ticks = asyncio.run(score_while_ticking())
+    assert ticks > 2  # the loop kept running while the model scored in a worker thread
+    assert [(n.node_id, n.score, n.node.metadata) for n in asynchronous] == [
+        (n.node_id, n.score, n.node.metadata) for n in out
+    ]
+
+
+def test_query_engine_prompt_holds_kept_nodes_without_scores(attributor, index):
+    llm = FixedLLM(answer="It was completed in 1889.")
+    pp = AT2Postprocessor(attributor=attributor, mode="query", top_k=1)
+    engine = index.as_query_engine(llm=llm, node_postprocessors=[pp], similarity_top_k=4)
+    response = engine.query(QUESTION)
+
+    assert [n.node_id for n in response.source_nodes] == [GOLD]
+    assert response.source_nodes[0].node.metadata[RETRIEVAL_SCORE_KEY] > 0.5  # cosine similarity
+    (prompt,) = llm.prompts
+    assert "It was completed in 1889." in prompt and "title: Eiffel Tower" in prompt
+    assert "Bananas" not in prompt and "Tokyo" not in prompt  # pruned away
+    assert not any(key in prompt for key in METADATA_KEYS)
+
+    async_response = asyncio.run(engine.aquery(QUESTION))
+    assert [(n.node_id, n.score) for n in async_response.source_nodes] == [
+        (n.node_id, n.score) for n in response.source_nodes
+    ]
+
+
+def test_empty_node_list_returns_empty_without_loading_the_model(query):
+    pp = AT2Postprocessor()
+    assert pp.postprocess_nodes([], query) == []
+    assert asyncio.run(pp.apostprocess_nodes([], query)) == []
+    assert not pp.attributor_loader.loaded
+
+
+def test_model_is_loaded_once_with_the_fields(monkeypatch, attributor, nodes, query):
+    calls = []
+
+    def fake_from_pretrained(**kwargs):
+        calls.append(kwargs)
+        return attributor
+
+    monkeypatch.setattr(AT2Attributor, "from_pretrained", staticmethod(fake_from_pretrained))
+    pp = AT2Postprocessor(mode="query", device="cpu", overflow="drop_last")
+    threads = [threading.Thread(target=pp.postprocess_nodes, args=(nodes, query)) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    expected = {"model": "default", "estimator": "default", "device": "cpu", "dtype": None, "overflow": "drop_last"}
+    assert calls == [expected]
+    with pytest.raises(ValidationError, match="frozen"):
+        pp.device = "cuda"  # the model is loaded from these fields once; changing them later would lie
+
+
+def test_missing_query_bundle_is_a_clear_error(attributor, nodes):
+    with pytest.raises(ValueError, match="query_bundle"):
+        AT2Postprocessor(attributor=attributor).postprocess_nodes(nodes)
+
+
+def test_empty_question_is_an_input_error(attributor, nodes):
+    with pytest.raises(InputError, match="question"):
+        AT2Postprocessor(attributor=attributor, mode="query").postprocess_nodes(nodes, QueryBundle("  "))
+
+
+def test_nodes_without_text_are_left_out(attributor, nodes, query):
+    empty = NodeWithScore(node=TextNode(id_="blank", text="  \n"), score=0.99)
+    pp = AT2Postprocessor(mode="query")
+    with pytest.warns(UserWarning, match="no text"):
+        assert pp.postprocess_nodes([empty], query) == []
+    assert not pp.attributor_loader.loaded  # nothing to score, so nothing was loaded
+    pp = AT2Postprocessor(attributor=attributor, mode="query", top_k=5)
+    with pytest.warns(UserWarning, match="blank"):
+        out = pp.postprocess_nodes([empty, *nodes], query)
+    assert "blank" not in [n.node_id for n in out] and len(out) == len(nodes)
+
+
+def test_over_long_context_raises_or_drops_the_last_nodes(attributor, query):
+    long_text = "rain and wind along the coast " * 1800  # one ~10k-token sentence, past the 8k window
+    nodes = [*make_nodes()[:2], NodeWithScore(node=TextNode(id_="long", text=long_text), score=0.1)]
+    with pytest.raises(ContextTooLongError, match="window"):
+        AT2Postprocessor(attributor=attributor, mode="query").postprocess_nodes(nodes, query)
+
+    dropping = AT2Attributor(attributor.model, attributor.tokenizer, overflow="drop_last")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = AT2Postprocessor(attributor=dropping, mode="query", top_k=3).postprocess_nodes(nodes, query)
+    assert any("long" in str(w.message) for w in caught)
+    assert [n.node_id for n in out][0] == GOLD and "long" not in [n.node_id for n in out]
+
+
+@pytest.mark.parametrize(
+    "kwargs, error",
+    [
+        ({"top_k": -1}, ValueError),
+        ({"relative": 2.0}, ValueError),
+        ({"mode": "fast"}, ValidationError),
+        ({"overflow": "truncate"}, ValidationError),
+    ],
+)
+def test_invalid_settings_fail_at_construction(kwargs, error):
+    with pytest.raises(error):
+        AT2Postprocessor(**kwargs)
+
+
+def test_serialises_settings_but_not_the_model(attributor):
+    data = AT2Postprocessor(attributor=attributor, mode="query", top_k=2, relative=0.5).to_dict()
+    assert data["class_name"] == AT2Postprocessor.class_name() == "AT2Postprocessor"
+    assert (data["mode"], data["top_k"], data["relative"]) == ("query", 2, 0.5)
+    assert "attributor" not in data and "_loader" not in data
