@@ -67,6 +67,23 @@ def cmd_ask(args) -> int:
     return 0
 
 
+def cmd_evaluate(args) -> int:
+    from .errors import InputError
+    from .evaluation import format_table, make_method, run_evaluation
+
+    methods = [make_method(m.strip()) for m in args.methods.split(",") if m.strip()]
+    if len({m.name for m in methods}) != len(methods):
+        raise InputError("each method may be listed once in --methods")
+    att = _attributor(args, args.estimator)
+    summary = run_evaluation(
+        att, args.data, methods, args.out, split=None if args.split == "all" else args.split,
+        limit=args.limit, k=args.k, n_masks=args.masks, max_new_tokens=args.max_new_tokens,
+    )
+    print(format_table(summary))
+    print(f"per-example rows: {args.out}.rows.jsonl; summary and rows: {args.out}")
+    return 0
+
+
 def _add_pipeline_args(p: argparse.ArgumentParser) -> None:
     from .qa import DEFAULT_KEEP, DEFAULT_RETRIEVE
 
@@ -161,6 +178,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--granularity", default="document", type=lambda s: int(s) if s.isdigit() else s)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_attribute)
+
+    p = sub.add_parser("evaluate", help="measure attribution methods (LDS, top-k drop, citation accuracy, cost)")
+    _add_model_args(p)
+    p.add_argument("--data", required=True, help="JSONL(.gz) in at2-rag's format")
+    p.add_argument("--estimator", default="default", help="the answer estimator behind 'at2' and the answers")
+    p.add_argument("--methods", default="at2,avg_attention,contextcite:32,loo,embedding,retriever",
+                   help="comma-separated: at2, at2:FILE, avg_attention, loo, contextcite:N, embedding, retriever")
+    p.add_argument("--split", default="test", choices=["train", "validation", "test", "all"])
+    p.add_argument("--limit", type=_positive, default=None)
+    p.add_argument("--k", type=_positive, default=5, help="documents per example (sources are their sentences)")
+    p.add_argument("--masks", type=_positive, default=32, help="fresh random ablations for the LDS")
+    p.add_argument("--max-new-tokens", type=_positive, default=48)
+    p.add_argument("--out", default="results.json")
+    p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("build-nq", help="build the NQ-RAG dataset (MiniLM + FAISS retrieval)")
     p.add_argument("--source", default="../shared/data/nq_open_dev.jsonl.gz")

@@ -1,0 +1,228 @@
+"""Attribution methods behind one interface: AT2 and the baselines it is judged against.
+
+Every method maps an :class:`EvalExample` (question, sources, a fixed answer) to one score per
+source and reports what it cost in forward passes. Higher score = the source mattered more.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from ..ablation import answer_token_logprobs, random_masks, span_targets
+from ..attributor import AT2Attributor
+from ..errors import InputError
+from ..estimator import Estimator
+from ..prompts import Prompt
+
+
+@dataclass
+class EvalExample:
+    """One question with its sources and the answer being attributed (a fixed token sequence)."""
+
+    id: str
+    question: str
+    prompt: Prompt
+    answer: str
+    answer_ids: list[int]
+    retrieval_rank: list[int] = field(default_factory=list)
+    """Retriever rank of each prompt document (0 = first retrieved)."""
+    gold_documents: list[int] = field(default_factory=list)
+    """Indices of the prompt documents that hold the gold passage."""
+
+
+@dataclass
+class MethodResult:
+    scores: torch.Tensor
+    forward_passes: int
+    seconds: float
+
+
+class Method:
+    """Base class: ``name`` and :meth:`score`."""
+
+    name: str = "method"
+
+    def score(self, att: AT2Attributor, ex: EvalExample) -> MethodResult:
+        t = time.perf_counter()
+        scores, passes = self._score(att, ex)
+        return MethodResult(scores.to(torch.float64), passes, time.perf_counter() - t)
+
+    def _score(self, att: AT2Attributor, ex: EvalExample) -> tuple[torch.Tensor, int]:
+        raise NotImplementedError
+
+
+class AT2(Method):
+    """AT2 with a trained estimator: one teacher-forced pass with attention capture.
+
+    (When the attributing model wrote the answer itself, the features come free with generation.)
+    """
+
+    def __init__(self, estimator: Estimator | str | None = "default", name: str = "at2") -> None:
+        self.estimator, self.name = estimator, name
+
+    def _score(self, att, ex):
+        scorer = att if self.estimator == "default" else _with_estimator(att, self.estimator)
+        result = scorer.attribute(ex.question, ex.prompt.documents, ex.answer, granularity=ex.prompt.granularity)
+        if result.answer_ids != ex.answer_ids:
+            raise RuntimeError("the answer re-tokenized differently; attribute the exact answer ids")
+        return result.scores, 1
+
+
+class AverageAttention(AT2):
+    """Uniform head weights: the answer's attention to each source, averaged over layers and heads."""
+
+    def __init__(self) -> None:
+        super().__init__(estimator=None, name="avg_attention")
+
+
+class LeaveOneOut(Method):
+    """Drop one source at a time: score = fall in the answer's logit-probability (S + 1 passes)."""
+
+    name = "loo"
+
+    def __init__(self, batch_size: int = 8) -> None:
+        self.batch_size = batch_size
+
+    def _score(self, att, ex):
+        n = len(ex.prompt.sources)
+        masks = torch.ones(n + 1, n, dtype=torch.bool)
+        masks[torch.arange(1, n + 1), torch.arange(n)] = False
+        y = whole_answer_targets(att, ex, masks, self.batch_size)
+        return y[0] - y[1:], n + 1
+
+
+class ContextCiteSurrogate(Method):
+    """ContextCite: LASSO regression of ablation targets on random keep-masks (``n`` passes).
+
+    The masks are the first ``n`` of a fixed per-example sequence, so ``n = 16`` reuses the passes
+    of ``n = 128``'s first 16 when both run (cached on the example).
+    """
+
+    def __init__(self, n_ablations: int = 32, alpha: float = 0.01, p_keep: float = 0.5, batch_size: int = 8) -> None:
+        self.n, self.alpha, self.p_keep, self.batch_size = n_ablations, alpha, p_keep, batch_size
+        self.name = f"contextcite:{n_ablations}"
+
+    def _score(self, att, ex):
+        masks, y = surrogate_data(att, ex, self.n, self.p_keep, self.batch_size)
+        weights, _ = fit_surrogate(masks.numpy(), y.numpy(), len(ex.answer_ids), self.alpha)
+        return torch.from_numpy(weights), self.n
+
+
+class EmbeddingSimilarity(Method):
+    """Cosine similarity between the answer and each source (bundled all-MiniLM-L6-v2); no LM pass."""
+
+    name = "embedding"
+
+    def __init__(self, embedder=None) -> None:
+        self._embedder = embedder
+
+    def _score(self, att, ex):
+        if self._embedder is None:
+            from ..embeddings import MiniLMEmbedder
+
+            self._embedder = MiniLMEmbedder()
+        vecs = self._embedder.encode([ex.answer] + [s.text for s in ex.prompt.sources])
+        return vecs[1:] @ vecs[0], 0
+
+
+class RetrieverOrder(Method):
+    """The retriever's ranking: every source of the first-retrieved document outranks the next's."""
+
+    name = "retriever"
+
+    def _score(self, att, ex):
+        ranks = ex.retrieval_rank or list(range(len(ex.prompt.documents)))
+        return torch.tensor([-float(ranks[s.document]) for s in ex.prompt.sources]), 0
+
+
+def make_method(spec: str) -> Method:
+    """A method from its command-line name: ``at2``, ``avg_attention``, ``loo``, ``contextcite:N``,
+    ``embedding``, ``retriever``, or ``at2:PATH`` for another estimator file."""
+    name, _, arg = spec.partition(":")
+    if name == "at2":
+        return AT2(arg or "default", name=spec)
+    if name == "contextcite":
+        if arg and not arg.isdigit() or arg == "0":
+            raise InputError(f"contextcite takes a positive number of ablations, e.g. contextcite:32 (got {spec!r})")
+        return ContextCiteSurrogate(int(arg or 32))
+    table = {"avg_attention": AverageAttention, "loo": LeaveOneOut, "embedding": EmbeddingSimilarity,
+             "retriever": RetrieverOrder}
+    if name not in table or arg:
+        raise InputError(
+            f"unknown method {spec!r}; use at2, at2:FILE, avg_attention, loo, contextcite:N, embedding, retriever"
+        )
+    return table[name]()
+
+
+# -- shared pieces ---------------------------------------------------------------------------------
+def whole_answer_targets(att: AT2Attributor, ex: EvalExample, masks: torch.Tensor, batch_size: int = 8) -> torch.Tensor:
+    """The whole answer's logit-probability under each keep-mask, ``(m,)`` float64."""
+    logp = answer_token_logprobs(att.model, ex.prompt, ex.answer_ids, masks, batch_size=batch_size)
+    return span_targets(logp, [range(len(ex.answer_ids))])[:, 0]
+
+
+def surrogate_data(att, ex: EvalExample, n: int, p_keep: float = 0.5, batch_size: int = 8):
+    """The first ``n`` surrogate masks of this example and their targets (computed once, extended on demand)."""
+    cache = ex.__dict__.setdefault("_surrogate", {})
+    done = 0 if "masks" not in cache else cache["masks"].shape[0]
+    if done < n:
+        # Rows of random_masks with one seed are a fixed sequence: the first n never change with n.
+        masks = random_masks(n, len(ex.prompt.sources), p_keep, seed=_seed(ex.id, "contextcite"))
+        new = whole_answer_targets(att, ex, masks[done:], batch_size)
+        cache["masks"] = masks
+        cache["targets"] = new if done == 0 else torch.cat([cache["targets"], new])
+    return cache["masks"][:n], cache["targets"][:n]
+
+
+def fit_surrogate(masks: np.ndarray, targets: np.ndarray, num_tokens: int, alpha: float = 0.01,
+                  iters: int = 2000, tol: float = 1e-10) -> tuple[np.ndarray, float]:
+    """ContextCite's surrogate: LASSO on standardised masks with targets per answer token.
+
+    Minimises ``1/(2n)·‖y − Xw − b‖² + α‖w‖₁`` by coordinate descent (the objective scikit-learn's
+    ``Lasso`` uses), then maps the weights back to the unstandardised masks and the total answer.
+    """
+    X = masks.astype(np.float64)
+    y = targets.astype(np.float64) / num_tokens
+    n, d = X.shape
+    mean, scale = X.mean(axis=0), X.std(axis=0)
+    scale[scale == 0] = 1.0
+    Z = (X - mean) / scale
+    yc = y - y.mean()
+    w = np.zeros(d)
+    col_sq = (Z**2).sum(axis=0) / n
+    resid = yc.copy()
+    for _ in range(iters):
+        biggest = 0.0
+        for j in range(d):
+            if col_sq[j] == 0:
+                continue
+            old = w[j]
+            rho = Z[:, j] @ resid / n + col_sq[j] * old
+            new = math.copysign(max(abs(rho) - alpha, 0.0), rho) / col_sq[j]
+            if new != old:
+                resid -= Z[:, j] * (new - old)
+                w[j] = new
+                biggest = max(biggest, abs(new - old))
+        if biggest < tol:
+            break
+    weight = w / scale
+    bias = y.mean() - (mean / scale) @ w
+    return weight * num_tokens, float(bias * num_tokens)
+
+
+def _seed(example_id: str, salt: str) -> int:
+    import hashlib
+
+    return int.from_bytes(hashlib.sha256(f"{salt}:{example_id}".encode()).digest()[:4], "little")
+
+
+def _with_estimator(att: AT2Attributor, estimator) -> AT2Attributor:
+    """The same model and tokenizer with another answer estimator (shares the model's weights)."""
+    return AT2Attributor(att.model, att.tokenizer, estimator, granularity=att.granularity,
+                         instruction=att.instruction, system_prompt=att.system_prompt,
+                         overflow=att.overflow)
