@@ -20,9 +20,9 @@ def main(summary_path: str, png: str) -> None:
     for name, s in summary.items():
         passes = s["forward_passes"]["mean"]
         x = passes if passes > 0 else 0.5  # methods with no LM pass sit left of 1, labelled so
-        ax.errorbar(x, s["lds"]["mean"], yerr=s["lds"]["stderr"], fmt="o", capsize=3)
         label = name if passes > 0 else f"{name} (no LM pass)"
-        ax.annotate(label, (x, s["lds"]["mean"]), textcoords="offset points", xytext=(6, 4), fontsize=8)
+        ax.errorbar(x, s["lds"]["mean"], yerr=s["lds"]["stderr"], fmt="o", capsize=3, label=label)
+    ax.legend(fontsize=8)
     ax.set_xscale("log")
     ax.set_xlabel("forward passes per example (log scale)")
     ax.set_ylabel("LDS (Spearman, 32 fresh ablations)")

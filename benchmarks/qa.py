@@ -162,8 +162,9 @@ def summary(path: str, plot: str | None, out_json: str | None) -> dict:
 
         fig, ax = plt.subplots(figsize=(6.4, 4.2))
         for m, t in table.items():
-            ax.errorbar(t["mean_tokens"], t["accuracy"] * 100, yerr=t["accuracy_stderr"] * 100, fmt="o", capsize=3)
-            ax.annotate(m, (t["mean_tokens"], t["accuracy"] * 100), textcoords="offset points", xytext=(6, 4))
+            ax.errorbar(t["mean_tokens"], t["accuracy"] * 100, yerr=t["accuracy_stderr"] * 100, fmt="o", capsize=3,
+                        label=m)
+        ax.legend(fontsize=8, loc="upper right")
         ax.set_xlabel("context tokens given to the final answer (mean)")
         ax.set_ylabel("answer accuracy (%)")
         ax.set_title(f"NQ-RAG {n} test questions, SmolLM2-135M-Instruct")
