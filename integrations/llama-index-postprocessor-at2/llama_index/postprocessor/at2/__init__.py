@@ -1,8 +1,8 @@
 """AT2 context attribution for LlamaIndex: prune retrieved nodes and cite them by measured attribution."""
 
+from at2_rag import LazyAttributor
 from llama_index.postprocessor.at2.citation_engine import AT2CitationQueryEngine
 from llama_index.postprocessor.at2.embedding import AT2BundledEmbedding
-from at2_rag.lazy import LazyAttributor
 from llama_index.postprocessor.at2.nodes import ATTRIBUTION_SCORE_KEY, METADATA_KEYS, RETRIEVAL_SCORE_KEY
 from llama_index.postprocessor.at2.postprocessor import AT2Postprocessor
 

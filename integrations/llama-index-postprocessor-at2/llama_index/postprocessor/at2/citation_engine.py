@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Optional
 
-from at2_rag import AT2Attributor, Attribution, cite, with_markers
+from at2_rag import AT2Attributor, Attribution, LazyAttributor, cite, with_markers
 from at2_rag.prompts import Granularity
 from llama_index.core.base.base_query_engine import BaseQueryEngine
 from llama_index.core.base.base_retriever import BaseRetriever
@@ -25,7 +25,6 @@ from llama_index.core.response_synthesizers import BaseSynthesizer, get_response
 from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle
 from llama_index.core.settings import Settings
 
-from at2_rag.lazy import LazyAttributor
 from .nodes import annotate, nodes_with_text, to_documents
 from .postprocessor import AT2Postprocessor
 
