@@ -64,9 +64,16 @@ class AT2(Method):
 
     def __init__(self, estimator: Estimator | str | None = "default", name: str = "at2") -> None:
         self.estimator, self.name = estimator, name
+        self._scorers: dict[int, AT2Attributor] = {}
+
+    def _scorer(self, att: AT2Attributor) -> AT2Attributor:
+        """``att``'s model with this method's estimator, loaded once per model (not per example)."""
+        if id(att) not in self._scorers:
+            self._scorers[id(att)] = _with_estimator(att, self.estimator)
+        return self._scorers[id(att)]
 
     def _score(self, att, ex):
-        scorer = att if self.estimator == "default" else _with_estimator(att, self.estimator)
+        scorer = att if self.estimator == "default" else self._scorer(att)
         result = scorer.attribute(ex.question, ex.prompt.documents, ex.answer, granularity=ex.prompt.granularity)
         if result.answer_ids != ex.answer_ids:
             raise RuntimeError("the answer re-tokenized differently; attribute the exact answer ids")
