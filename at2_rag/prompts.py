@@ -9,6 +9,8 @@ range decodes back to exactly its characters.
 
 from __future__ import annotations
 
+import threading
+import weakref
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Union
@@ -26,6 +28,13 @@ DEFAULT_INSTRUCTION = (
 HEADER_WORD = "Document"
 """First word of every document's header in the prompt (``Document [n] (Title: ...)``)."""
 _MARKER = "\u2063AT2RAGCONTENT\u2063"
+
+# A fast tokenizer keeps ``split_special_tokens`` as a flag on its shared Rust object and flips it
+# per call, so two threads encoding with different settings can each see the other's flag. Calls
+# on one tokenizer are therefore serialised by a lock that belongs to that tokenizer (encoding is a
+# tiny part of an attribution); the table only maps live tokenizers to their locks.
+_ENCODE_LOCKS: weakref.WeakKeyDictionary[Any, threading.Lock] = weakref.WeakKeyDictionary()
+_ENCODE_LOCKS_GUARD = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -141,11 +150,23 @@ class _Builder:
         return t0, len(self.ids), c0, self.chars
 
 
+def _encode_lock(tokenizer) -> threading.Lock:
+    """The lock serialising encode calls on ``tokenizer`` (created on first use)."""
+    with _ENCODE_LOCKS_GUARD:
+        lock = _ENCODE_LOCKS.get(tokenizer)
+        if lock is None:
+            lock = _ENCODE_LOCKS[tokenizer] = threading.Lock()
+        return lock
+
+
 def encode(tokenizer, text: str, *, special: bool = False) -> list[int]:
-    """Token ids of ``text``; special-token text is parsed only when ``special`` is true."""
-    return list(
-        tokenizer(text, add_special_tokens=False, split_special_tokens=not special)["input_ids"]
-    )
+    """Token ids of ``text``; special-token text is parsed only when ``special`` is true.
+
+    Thread-safe on a shared tokenizer (see ``_ENCODE_LOCKS``).
+    """
+    with _encode_lock(tokenizer):
+        ids = tokenizer(text, add_special_tokens=False, split_special_tokens=not special)
+    return list(ids["input_ids"])
 
 
 def template_parts(tokenizer, system_prompt: str | None = None) -> tuple[str, str, bool]:

@@ -16,7 +16,7 @@ from typing import Literal
 
 from .attributor import AT2Attributor, Attribution
 from .estimator import Estimator
-from .prompts import Document, DocumentLike, Granularity, as_documents
+from .prompts import Document, DocumentLike, Granularity, as_documents, encode
 
 Mode = Literal["draft", "query"]
 MODES: tuple[str, ...] = ("draft", "query")
@@ -174,8 +174,7 @@ class Pruner:
         # Documents dropped to fit the window were never seen: score them -inf, keep none of them.
         dropped = list(att.dropped_documents)
         scores = doc_scores + [float("-inf")] * len(dropped)
-        lengths = lengths + [len(self.attributor.tokenizer(docs[i].text, add_special_tokens=False)["input_ids"])
-                             for i in dropped]
+        lengths = lengths + [len(encode(self.attributor.tokenizer, docs[i].text)) for i in dropped]
         return PruneResult(docs, scores, kept, lengths, att, self.mode, dropped)
 
     async def aprune(self, question: str, documents: Sequence[DocumentLike]) -> PruneResult:
