@@ -132,6 +132,30 @@ def test_methods_rank_the_gold_sentence_and_report_their_cost(attributor, exampl
     assert drops["at2"][1] == pytest.approx(float(logp[0] - logp[1]), rel=1e-4)
 
 
+def test_surrogates_share_one_mask_sequence_and_are_charged_their_own_prefix(attributor, example):
+    import dataclasses
+
+    ex = dataclasses.replace(example, surrogate=None)
+    small, large = make_method("contextcite:8"), make_method("contextcite:20")
+    r_small, r_large = small.score(attributor, ex), large.score(attributor, ex)
+    n = len(ex.prompt.sources)
+    masks = random_masks(20, n, seed=ex.surrogate.seed)
+    assert torch.equal(ex.surrogate.masks(8), masks[:8])  # a prefix of the longer sequence
+    # The shared targets equal an independent computation on the same masks.
+    direct = span_targets(answer_token_logprobs(attributor.model, ex.prompt, ex.answer_ids, masks),
+                          [range(len(ex.answer_ids))])[:, 0]
+    assert torch.allclose(ex.surrogate.targets, direct.double(), atol=1e-4)
+    # Each surrogate equals a fit on its own prefix; the smaller one is charged only its own passes.
+    w8, _ = fit_surrogate(masks[:8].numpy(), ex.surrogate.targets[:8].numpy(), len(ex.answer_ids))
+    assert np.allclose(r_small.scores.numpy(), w8)
+    assert [b[0] for b in ex.surrogate.boundaries] == [0, 8, 16, 20]
+    assert r_small.seconds < r_large.seconds and r_large.seconds >= ex.surrogate.seconds(20)
+    assert ex.surrogate.seconds(12) == pytest.approx(sum(b[1] for b in ex.surrogate.boundaries[1:3]) / 2)
+    # Asking again for fewer masks reuses the computed targets (no new batches).
+    make_method("contextcite:4").score(attributor, ex)
+    assert len(ex.surrogate.boundaries) == 4
+
+
 def test_runner_and_cli_end_to_end_and_resume(tmp_path, attributor, capsys, monkeypatch):
     data = tmp_path / "tiny.jsonl"
     docs = [

@@ -33,6 +33,8 @@ class EvalExample:
     """Retriever rank of each prompt document (0 = first retrieved)."""
     gold_documents: list[int] = field(default_factory=list)
     """Indices of the prompt documents that hold the gold passage."""
+    surrogate: SurrogateAblations | None = field(default=None, repr=False, compare=False)
+    """Surrogate ablations computed so far (shared by the ContextCite methods on this example)."""
 
 
 @dataclass
@@ -104,16 +106,23 @@ class LeaveOneOut(Method):
 
 
 class ContextCiteSurrogate(Method):
-    """ContextCite: LASSO regression of ablation targets on random keep-masks (``n`` passes)."""
+    """ContextCite: LASSO regression of ablation targets on random keep-masks (``n`` passes).
+
+    Surrogates with different ``n`` on one example share its ablation passes (the masks are one fixed
+    sequence, see :class:`SurrogateAblations`); each is charged the seconds its own first ``n``
+    targets took plus its own fit, i.e. what it would cost alone.
+    """
 
     def __init__(self, n_ablations: int = 32, alpha: float = 0.01, p_keep: float = 0.5, batch_size: int = 8) -> None:
         self.n, self.alpha, self.p_keep, self.batch_size = n_ablations, alpha, p_keep, batch_size
         self.name = f"contextcite:{n_ablations}"
 
-    def _score(self, att, ex):
-        masks, y = surrogate_data(att, ex, self.n, self.p_keep, self.batch_size)
+    def score(self, att: AT2Attributor, ex: EvalExample) -> MethodResult:
+        masks, y, target_seconds = surrogate_data(att, ex, self.n, self.p_keep, self.batch_size)
+        t = time.perf_counter()
         weights, _ = fit_surrogate(masks.numpy(), y.numpy(), len(ex.answer_ids), self.alpha)
-        return torch.from_numpy(weights), self.n
+        seconds = target_seconds + time.perf_counter() - t
+        return MethodResult(torch.from_numpy(weights).to(torch.float64), self.n, seconds)
 
 
 class EmbeddingSimilarity(Method):
@@ -169,18 +178,48 @@ def whole_answer_targets(att: AT2Attributor, ex: EvalExample, masks: torch.Tenso
     return span_targets(logp, [range(len(ex.answer_ids))])[:, 0]
 
 
-def surrogate_data(att, ex: EvalExample, n: int, p_keep: float = 0.5, batch_size: int = 8):
-    """The first ``n`` of this example's surrogate masks and their targets (``n`` forward passes).
+class SurrogateAblations:
+    """One example's surrogate keep-masks and their targets, extended batch by batch on demand.
 
-    The masks are a fixed sequence per example (the first ``n`` never change with ``n``); the
-    targets are recomputed for every ``n`` so each method's wall time is its own.
+    The masks are a fixed sequence per example (the first ``n`` never change with ``n``), so the
+    targets of the first 16 are also the first 16 of 128. The cumulative seconds after every batch
+    are kept, so a surrogate fitted on the first ``n`` is charged the time those ``n`` took.
     """
-    masks = random_masks(n, len(ex.prompt.sources), p_keep, seed=_seed(ex.id, "contextcite"))
-    targets = whole_answer_targets(att, ex, masks, batch_size)
-    cache = ex.__dict__.setdefault("_surrogate", {})
-    if n >= cache.get("n", 0):  # kept for cross-checks: the longest run's targets
-        cache.update(n=n, targets=targets)
-    return masks, targets
+
+    def __init__(self, example_id: str, n_sources: int, p_keep: float) -> None:
+        self.seed, self.n_sources, self.p_keep = _seed(example_id, "contextcite"), n_sources, p_keep
+        self.targets = torch.zeros(0, dtype=torch.float64)
+        self.boundaries: list[tuple[int, float]] = [(0, 0.0)]
+        """``(masks done, cumulative seconds)`` after each batch."""
+
+    def masks(self, n: int) -> torch.Tensor:
+        return random_masks(n, self.n_sources, self.p_keep, seed=self.seed)
+
+    def extend(self, att: AT2Attributor, ex: EvalExample, n: int, batch_size: int) -> None:
+        """Compute targets up to mask ``n`` (only the ones not computed yet)."""
+        masks = self.masks(n)
+        while len(self.targets) < n:
+            start = len(self.targets)
+            stop = min(n, start + batch_size)
+            t = time.perf_counter()
+            y = whole_answer_targets(att, ex, masks[start:stop], batch_size)
+            self.targets = torch.cat([self.targets, y.to(torch.float64)])
+            self.boundaries.append((stop, self.boundaries[-1][1] + time.perf_counter() - t))
+
+    def seconds(self, n: int) -> float:
+        """Seconds the first ``n`` targets took (linear within the batch that holds mask ``n``)."""
+        for (n0, s0), (n1, s1) in zip(self.boundaries, self.boundaries[1:]):
+            if n <= n1:
+                return s0 + (s1 - s0) * (n - n0) / (n1 - n0)
+        raise ValueError(f"only {len(self.targets)} targets were computed, not {n}")
+
+
+def surrogate_data(att, ex: EvalExample, n: int, p_keep: float = 0.5, batch_size: int = 8):
+    """The first ``n`` of this example's surrogate masks, their targets, and the seconds they took."""
+    if ex.surrogate is None or ex.surrogate.p_keep != p_keep:
+        ex.surrogate = SurrogateAblations(ex.id, len(ex.prompt.sources), p_keep)
+    ex.surrogate.extend(att, ex, n, batch_size)
+    return ex.surrogate.masks(n), ex.surrogate.targets[:n], ex.surrogate.seconds(n)
 
 
 def fit_surrogate(masks: np.ndarray, targets: np.ndarray, num_tokens: int, alpha: float = 0.01,

@@ -61,9 +61,8 @@ def evaluate_example(att: AT2Attributor, ex: EvalExample, methods: Sequence[Meth
             m["gold_top1"] = float(order[0] in ex.gold_documents)
             m["gold_recall3"] = float(any(d in ex.gold_documents for d in order[:3]))
         row["methods"][name] = m
-    cache = ex.__dict__.get("_surrogate")
-    if cache:  # the surrogate's ablation targets (masks follow from the seed): for cross-checks
-        row["surrogate_targets"] = cache["targets"].tolist()
+    if ex.surrogate is not None:  # the surrogate's ablation targets (masks follow from the seed): for cross-checks
+        row["surrogate_targets"] = ex.surrogate.targets.tolist()
     return row
 
 
