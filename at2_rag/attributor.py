@@ -9,6 +9,7 @@ own answer is attributed with no extra forward pass.
 from __future__ import annotations
 
 import asyncio
+import threading
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -185,6 +186,10 @@ class AT2Attributor:
         self.overflow = overflow
         self.suppress_header_echo = suppress_header_echo
         self._num_layers = capture.num_layers(model)
+        # Estimators named by path or shipped name, loaded once per attributor (score_query's
+        # estimator argument is usually such a name, passed again on every call).
+        self._named_estimators: dict[tuple[str, str], Estimator] = {}
+        self._named_lock = threading.Lock()
 
     @classmethod
     def from_pretrained(
@@ -283,6 +288,16 @@ class AT2Attributor:
         return self._result(prompt, answer_ids, cap, extra_passes=1, dropped=dropped)
 
     @torch.inference_mode()
+    def _query_estimator(self, estimator: Estimator | str | None) -> Estimator:
+        """The query estimator for ``estimator``; a name or path is read from disk only once."""
+        if not isinstance(estimator, str):
+            return _resolve_estimator(estimator, self.model, "query")
+        with self._named_lock:
+            key = (estimator, "query")
+            if key not in self._named_estimators:
+                self._named_estimators[key] = _resolve_estimator(estimator, self.model, "query")
+            return self._named_estimators[key]
+
     def score_query(
         self,
         question: str,
@@ -296,7 +311,7 @@ class AT2Attributor:
         Uses the attention rows of the question and generation prompt; the estimator should be a
         ``"query"`` estimator (uniform weights when None).
         """
-        est = _resolve_estimator(estimator, self.model, "query")
+        est = self._query_estimator(estimator)
         prompt, dropped = self._fitted_prompt(question, documents, granularity, 0, "nothing")
         ids = torch.tensor([prompt.input_ids], device=self.device)
         cap = self._capture(prompt)

@@ -164,3 +164,25 @@ def test_cite_real_answer(attributor):
     cites = cite(att)
     assert len(cites) == 1 and cites[0].sources
     assert cites[0].documents[0] == 2
+
+
+def test_query_mode_reads_a_named_estimator_once_per_attributor(default_model, monkeypatch):
+    """Adapters build a Pruner per call; the shipped query estimator must not be re-read each time."""
+    from at2_rag import AT2Attributor, Estimator
+
+    model, tok = default_model
+    att = AT2Attributor(model, tok)
+    reads = []
+    real_load = Estimator.load.__func__
+
+    def counting_load(cls, path, *args, **kwargs):
+        reads.append(str(path))
+        return real_load(cls, path, *args, **kwargs)
+
+    monkeypatch.setattr(Estimator, "load", classmethod(counting_load))
+    first = Pruner(att, mode="query").prune("What is the capital of Japan?", DOCS)
+    second = Pruner(att, mode="query").prune("What is the capital of Japan?", DOCS)
+    assert reads == ["default-query"] and first.scores == second.scores
+    direct = att.score_query("What is the capital of Japan?", DOCS, estimator=Estimator.load("default-query"),
+                             granularity="document")
+    assert torch.allclose(direct.document_scores(), torch.tensor(first.scores, dtype=direct.scores.dtype))
