@@ -287,7 +287,6 @@ class AT2Attributor:
             self.model(input_ids=ids, use_cache=False, logits_to_keep=1)
         return self._result(prompt, answer_ids, cap, extra_passes=1, dropped=dropped)
 
-    @torch.inference_mode()
     def _query_estimator(self, estimator: Estimator | str | None) -> Estimator:
         """The query estimator for ``estimator``; a name or path is read from disk only once."""
         if not isinstance(estimator, str):
@@ -298,6 +297,7 @@ class AT2Attributor:
                 self._named_estimators[key] = _resolve_estimator(estimator, self.model, "query")
             return self._named_estimators[key]
 
+    @torch.inference_mode()
     def score_query(
         self,
         question: str,

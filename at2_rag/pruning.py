@@ -9,6 +9,7 @@ question, scored by the query estimator; no draft, about half the cost).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -98,6 +99,11 @@ class PruneResult:
     mode: str = "draft"
     dropped_for_window: list[int] = field(default_factory=list)
     """Documents left out of scoring to fit the window (``overflow="drop_last"``); never kept."""
+    sentence_spans: dict[int, list[tuple[int, int]]] | None = None
+    """With sentence-level pruning: per kept document, the character spans of its kept sentences
+    in reading order (None: whole documents are kept)."""
+    sentence_tokens: dict[int, int] | None = None
+    """With sentence-level pruning: per kept document, the prompt tokens of its kept sentences."""
 
     @property
     def dropped(self) -> list[int]:
@@ -105,9 +111,17 @@ class PruneResult:
         keep = set(self.kept)
         return [i for i in range(len(self.documents)) if i not in keep]
 
+    def kept_text(self, i: int) -> str:
+        """Document ``i``'s text as kept: whole, or only its kept sentences with sentence-level pruning."""
+        text = self.documents[i].text
+        if self.sentence_spans is None or i not in self.sentence_spans:
+            return text
+        return "".join(text[s:e] for s, e in self.sentence_spans[i]).strip()
+
     @property
     def kept_documents(self) -> list[Document]:
-        return [self.documents[i] for i in self.kept]
+        """The kept documents, best first (with only their kept sentences in sentence-level mode)."""
+        return [dataclasses.replace(self.documents[i], text=self.kept_text(i)) for i in self.kept]
 
     @property
     def draft(self) -> str:
@@ -116,6 +130,8 @@ class PruneResult:
 
     @property
     def kept_tokens(self) -> int:
+        if self.sentence_tokens is not None:
+            return sum(self.sentence_tokens[i] for i in self.kept)
         return sum(self.token_lengths[i] for i in self.kept)
 
     @property
@@ -132,6 +148,10 @@ class Pruner:
         policy: the keep policy (default: ``KeepPolicy(top_k=3)``).
         query_estimator: estimator for query mode (default: the shipped query estimator).
         max_new_tokens: length of the draft in draft mode.
+        sentence_policy: also prune inside kept documents: sources become sentences, documents are
+            kept by their summed sentence scores under ``policy``, then each kept document keeps the
+            sentences this policy selects among its own (e.g. ``KeepPolicy(relative=0.5)``: those
+            with at least half the weight of its strongest sentence). None: whole documents.
     """
 
     def __init__(
@@ -142,6 +162,7 @@ class Pruner:
         policy: KeepPolicy | None = None,
         query_estimator: Estimator | str | None = "default",
         max_new_tokens: int | None = None,
+        sentence_policy: KeepPolicy | None = None,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"mode must be 'draft' or 'query', got {mode!r}")
@@ -150,15 +171,21 @@ class Pruner:
         self.policy = policy or KeepPolicy(top_k=3)
         self.query_estimator = query_estimator
         self.max_new_tokens = max_new_tokens
+        self.sentence_policy = sentence_policy
+
+    @property
+    def granularity(self) -> Granularity:
+        """What a source is: sentences with sentence-level pruning, else whole documents."""
+        return "document" if self.sentence_policy is None else "sentence"
 
     def score(self, question: str, documents: Sequence[DocumentLike]) -> Attribution:
-        """The attribution behind the scores (document granularity)."""
+        """The attribution behind the scores (document or sentence granularity)."""
         if self.mode == "query":
             return self.attributor.score_query(
-                question, documents, estimator=self.query_estimator, granularity="document"
+                question, documents, estimator=self.query_estimator, granularity=self.granularity
             )
         return self.attributor.generate(
-            question, documents, granularity="document", max_new_tokens=self.max_new_tokens
+            question, documents, granularity=self.granularity, max_new_tokens=self.max_new_tokens
         )
 
     def prune(self, question: str, documents: Sequence[DocumentLike]) -> PruneResult:
@@ -175,9 +202,29 @@ class Pruner:
         dropped = list(att.dropped_documents)
         scores = doc_scores + [float("-inf")] * len(dropped)
         lengths = lengths + [len(encode(self.attributor.tokenizer, docs[i].text)) for i in dropped]
-        return PruneResult(docs, scores, kept, lengths, att, self.mode, dropped)
+        result = PruneResult(docs, scores, kept, lengths, att, self.mode, dropped)
+        if self.sentence_policy is not None:
+            result.sentence_spans, result.sentence_tokens = _kept_sentences(att, kept, self.sentence_policy)
+        return result
 
     async def aprune(self, question: str, documents: Sequence[DocumentLike]) -> PruneResult:
         """:meth:`prune` in a worker thread, so the event loop keeps running meanwhile."""
         return await asyncio.to_thread(self.prune, question, documents)
 
+
+
+def _kept_sentences(
+    att: Attribution, kept: Sequence[int], policy: KeepPolicy
+) -> tuple[dict[int, list[tuple[int, int]]], dict[int, int]]:
+    """Per kept document, the character spans (reading order) and prompt tokens of the sentences
+    ``policy`` keeps among that document's own sentences."""
+    by_doc: dict[int, list[tuple[int, int, int, float]]] = {d: [] for d in kept}
+    for src, score in zip(att.sources, att.scores.tolist()):
+        if src.document in by_doc:
+            by_doc[src.document].append((src.start, src.end, src.token_end - src.token_start, score))
+    spans, tokens = {}, {}
+    for d, sents in by_doc.items():
+        chosen = sorted(policy.select([s[3] for s in sents], [s[2] for s in sents]))
+        spans[d] = [(sents[j][0], sents[j][1]) for j in chosen]
+        tokens[d] = sum(sents[j][2] for j in chosen)
+    return spans, tokens

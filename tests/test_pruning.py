@@ -186,3 +186,30 @@ def test_query_mode_reads_a_named_estimator_once_per_attributor(default_model, m
     direct = att.score_query("What is the capital of Japan?", DOCS, estimator=Estimator.load("default-query"),
                              granularity="document")
     assert torch.allclose(direct.document_scores(), torch.tensor(first.scores, dtype=direct.scores.dtype))
+
+
+@pytest.mark.parametrize("mode", ["query", "draft"])
+def test_sentence_level_pruning_keeps_each_kept_documents_best_sentences(attributor, mode):
+    docs = DOCS + ["Japan is an island country. Its capital city is Tokyo. Sushi is popular there."]
+    sentence_policy = KeepPolicy(top_k=1)
+    pruner = Pruner(attributor, mode=mode, policy=KeepPolicy(top_k=2), sentence_policy=sentence_policy,
+                    max_new_tokens=8)
+    result = pruner.prune("What is the capital of Japan?", docs)
+    att = result.attribution
+    assert att.prompt.granularity == "sentence" and pruner.granularity == "sentence"
+    assert not att.scores.requires_grad  # plain numbers for the caller, no autograd graph
+    assert torch.allclose(torch.tensor(result.scores), att.document_scores())
+    assert set(result.sentence_spans) == set(result.kept)
+    expected_tokens = 0
+    for d in result.kept:
+        own = [(s, float(v)) for s, v in zip(att.sources, att.scores) if s.document == d]
+        best = max(own, key=lambda sv: sv[1])[0]  # brute force: top-1 sentence of this document
+        assert result.sentence_spans[d] == [(best.start, best.end)]
+        assert result.kept_text(d) == docs[d][best.start:best.end].strip()
+        expected_tokens += best.token_end - best.token_start
+    assert result.kept_tokens == expected_tokens < result.total_tokens
+    assert [d.text for d in result.kept_documents] == [result.kept_text(d) for d in result.kept]
+    # Whole-document pruning is unchanged: kept_documents are the inputs.
+    whole = Pruner(attributor, mode=mode, policy=KeepPolicy(top_k=2), max_new_tokens=8).prune(
+        "What is the capital of Japan?", docs)
+    assert whole.sentence_spans is None and [d.text for d in whole.kept_documents] == [docs[i] for i in whole.kept]

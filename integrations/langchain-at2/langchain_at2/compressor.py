@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from typing import Any, Literal, Self
+from typing import Literal, Self
 
 import at2_rag
-from at2_rag import AT2Attributor, Attribution, KeepPolicy, Pruner
+from at2_rag import AT2Attributor, KeepPolicy, Pruner, PruneResult
 from langchain_core.callbacks import Callbacks
 from langchain_core.documents import BaseDocumentCompressor, Document
 from pydantic import Field, model_validator
@@ -15,7 +15,6 @@ from typing_extensions import override
 
 from .documents import SPANS_KEY, check_question, non_empty, scored_copy, to_at2
 from .local_model import LocalModelFields
-from .selection import Selection, from_prune_result, select_sentences
 
 
 class AT2DocumentCompressor(LocalModelFields, BaseDocumentCompressor):
@@ -87,14 +86,8 @@ class AT2DocumentCompressor(LocalModelFields, BaseDocumentCompressor):
         policy, indices, docs = self._prepare(documents, query, k)
         if not docs:
             return []
-        att = self.get_attributor()
-        if self.sentence_level:
-            selection = select_sentences(
-                self._score_sentences(att, query, docs), policy, self.sentence_policy
-            )
-        else:
-            selection = from_prune_result(self._pruner(att, policy).prune(query, docs))
-        return self._build(documents, indices, selection)
+        result = self._pruner(self.get_attributor(), policy).prune(query, docs)
+        return self._build(documents, indices, result)
 
     @override
     async def acompress_documents(
@@ -110,12 +103,8 @@ class AT2DocumentCompressor(LocalModelFields, BaseDocumentCompressor):
         if not docs:
             return []
         att = await asyncio.to_thread(self.get_attributor)
-        if self.sentence_level:
-            attribution = await self._ascore_sentences(att, query, docs)
-            selection = select_sentences(attribution, policy, self.sentence_policy)
-        else:
-            selection = from_prune_result(await self._pruner(att, policy).aprune(query, docs))
-        return self._build(documents, indices, selection)
+        result = await self._pruner(att, policy).aprune(query, docs)
+        return self._build(documents, indices, result)
 
     # -- internals ----------------------------------------------------------------------------------
     def _prepare(
@@ -136,32 +125,17 @@ class AT2DocumentCompressor(LocalModelFields, BaseDocumentCompressor):
             policy=policy,
             query_estimator=self.query_estimator,
             max_new_tokens=self.max_new_tokens,
+            sentence_policy=self.sentence_policy if self.sentence_level else None,
         )
 
-    def _sentence_kwargs(self) -> dict[str, Any]:
-        if self.mode == "query":
-            return {"estimator": self.query_estimator, "granularity": "sentence"}
-        return {"granularity": "sentence", "max_new_tokens": self.max_new_tokens}
-
-    def _score_sentences(self, att: AT2Attributor, query: str, docs: list[at2_rag.Document]) -> Attribution:
-        score = att.score_query if self.mode == "query" else att.generate
-        return score(query, docs, **self._sentence_kwargs())
-
-    async def _ascore_sentences(
-        self, att: AT2Attributor, query: str, docs: list[at2_rag.Document]
-    ) -> Attribution:
-        score = att.ascore_query if self.mode == "query" else att.agenerate
-        return await score(query, docs, **self._sentence_kwargs())
-
     @staticmethod
-    def _build(documents: Sequence[Document], indices: list[int], selection: Selection) -> list[Document]:
+    def _build(documents: Sequence[Document], indices: list[int], result: PruneResult) -> list[Document]:
         out = []
-        for i in selection.kept:
-            doc, score = documents[indices[i]], float(selection.scores[i])
-            if selection.spans is None:
+        for i in result.kept:
+            doc, score = documents[indices[i]], float(result.scores[i])
+            if result.sentence_spans is None:
                 out.append(scored_copy(doc, score))
                 continue
-            spans = selection.spans[i]
-            text = "".join(doc.page_content[s:e] for s, e in spans).strip()
-            out.append(scored_copy(doc, score, text, **{SPANS_KEY: [list(span) for span in spans]}))
+            spans = [list(span) for span in result.sentence_spans[i]]
+            out.append(scored_copy(doc, score, result.kept_text(i), **{SPANS_KEY: spans}))
         return out

@@ -12,7 +12,13 @@ from li_support import GOLD, QUESTION, FixedLLM, make_nodes
 from llama_index.core.bridge.pydantic import ValidationError
 from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle, TextNode
 
-from llama_index.postprocessor.at2 import ATTRIBUTION_SCORE_KEY, METADATA_KEYS, RETRIEVAL_SCORE_KEY, AT2Postprocessor
+from llama_index.postprocessor.at2 import (
+    ATTRIBUTION_SCORE_KEY,
+    METADATA_KEYS,
+    RETRIEVAL_SCORE_KEY,
+    SPANS_KEY,
+    AT2Postprocessor,
+)
 
 
 def texts(nodes):
@@ -199,3 +205,24 @@ def test_serialises_settings_but_not_the_model(attributor):
     assert data["class_name"] == AT2Postprocessor.class_name() == "AT2Postprocessor"
     assert (data["mode"], data["top_k"], data["relative"]) == ("query", 2, 0.5)
     assert "attributor" not in data and "_loader" not in data
+
+
+def test_sentence_level_keeps_the_core_pruners_sentences(attributor, nodes, query):
+    pp = AT2Postprocessor(attributor=attributor, mode="query", top_k=2, sentence_level=True, sentence_relative=0.5)
+    snapshot = texts(nodes)
+    out = pp.postprocess_nodes(nodes, query)
+    core = Pruner(attributor, mode="query", policy=KeepPolicy(top_k=2),
+                  sentence_policy=KeepPolicy(relative=0.5)).prune(QUESTION, snapshot)
+    assert [n.node_id for n in out] == [nodes[i].node_id for i in core.kept]
+    assert texts(nodes) == snapshot  # the caller's nodes keep their text
+    for n, i in zip(out, core.kept):
+        spans = n.node.metadata[SPANS_KEY]
+        assert n.node.get_content() == core.kept_text(i)
+        # The kept pieces are the original text at the recorded spans, in reading order.
+        assert n.node.get_content() == "".join(snapshot[i][s:e] for s, e in spans).strip()
+        assert spans == sorted(spans) and n.score == pytest.approx(core.scores[i], rel=1e-6, abs=1e-9)
+        assert SPANS_KEY not in n.node.get_content(metadata_mode=MetadataMode.LLM)
+    with pytest.raises(ValueError, match="metadata_mode"):
+        AT2Postprocessor(attributor=attributor, sentence_level=True, metadata_mode=MetadataMode.ALL)
+    with pytest.raises(ValueError, match="relative"):
+        AT2Postprocessor(attributor=attributor, sentence_level=True, sentence_relative=2.0)

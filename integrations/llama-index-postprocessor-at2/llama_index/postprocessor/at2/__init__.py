@@ -3,7 +3,12 @@
 from at2_rag import LazyAttributor
 from llama_index.postprocessor.at2.citation_engine import AT2CitationQueryEngine
 from llama_index.postprocessor.at2.embedding import AT2BundledEmbedding
-from llama_index.postprocessor.at2.nodes import ATTRIBUTION_SCORE_KEY, METADATA_KEYS, RETRIEVAL_SCORE_KEY
+from llama_index.postprocessor.at2.nodes import (
+    ATTRIBUTION_SCORE_KEY,
+    METADATA_KEYS,
+    RETRIEVAL_SCORE_KEY,
+    SPANS_KEY,
+)
 from llama_index.postprocessor.at2.postprocessor import AT2Postprocessor
 
 __all__ = [
@@ -14,4 +19,5 @@ __all__ = [
     "LazyAttributor",
     "METADATA_KEYS",
     "RETRIEVAL_SCORE_KEY",
+    "SPANS_KEY",
 ]

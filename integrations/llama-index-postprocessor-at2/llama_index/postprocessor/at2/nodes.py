@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import warnings
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 from at2_rag import Document
 from llama_index.core.schema import MetadataMode, NodeWithScore
@@ -12,7 +12,9 @@ RETRIEVAL_SCORE_KEY = "retrieval_score"
 """Metadata key holding the score a node had before AT2 scored it (the retriever's, usually)."""
 ATTRIBUTION_SCORE_KEY = "attribution_score"
 """Metadata key holding the node's AT2 attribution score (also its ``NodeWithScore.score``)."""
-METADATA_KEYS = (RETRIEVAL_SCORE_KEY, ATTRIBUTION_SCORE_KEY)
+SPANS_KEY = "attribution_spans"
+"""Metadata key, with sentence-level pruning, of the kept sentences' character spans in the original text."""
+METADATA_KEYS = (RETRIEVAL_SCORE_KEY, ATTRIBUTION_SCORE_KEY, SPANS_KEY)
 """Every metadata key AT2 adds; all are excluded from LLM and embedding text."""
 
 
@@ -41,17 +43,26 @@ def to_documents(nodes: Sequence[NodeWithScore], metadata_mode: MetadataMode) ->
     return [Document(text=node_text(n, metadata_mode), id=n.node.node_id) for n in nodes]
 
 
-def annotate(node: NodeWithScore, score: Optional[float]) -> NodeWithScore:
+def annotate(
+    node: NodeWithScore,
+    score: Optional[float],
+    *,
+    text: Optional[str] = None,
+    spans: Optional[Sequence[Tuple[int, int]]] = None,
+) -> NodeWithScore:
     """A copy of ``node`` carrying its attribution score; the caller's node is left untouched.
 
     The first score a node arrived with is kept under :data:`RETRIEVAL_SCORE_KEY` (scoring twice
-    keeps the retriever's score, not the first attribution), and both keys are excluded from the
-    text that LLMs and embedding models see.
+    keeps the retriever's score, not the first attribution), and the added keys are excluded from
+    the text that LLMs and embedding models see. ``text`` replaces the copy's text (sentence-level
+    pruning), ``spans`` records where its pieces lie in the original text.
     """
     inner = node.node
     metadata = dict(inner.metadata)
     metadata.setdefault(RETRIEVAL_SCORE_KEY, node.score)
     metadata[ATTRIBUTION_SCORE_KEY] = score
+    if spans is not None:
+        metadata[SPANS_KEY] = [list(span) for span in spans]
     copy = inner.model_copy(
         deep=True,
         update={
@@ -60,6 +71,8 @@ def annotate(node: NodeWithScore, score: Optional[float]) -> NodeWithScore:
             "excluded_embed_metadata_keys": _with_keys(inner.excluded_embed_metadata_keys),
         },
     )
+    if text is not None:
+        copy.set_content(text)
     return NodeWithScore(node=copy, score=score)
 
 

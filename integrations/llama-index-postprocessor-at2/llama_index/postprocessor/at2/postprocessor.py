@@ -50,6 +50,16 @@ class AT2Postprocessor(BaseNodePostprocessor):
         default=MetadataMode.NONE,
         description="How a node is rendered for scoring (NONE: its text alone).",
     )
+    sentence_level: bool = Field(
+        default=False,
+        description="Also drop unused sentences inside kept nodes: the returned copies hold only the "
+        "kept sentences (needs metadata_mode NONE, so the scored text is the node's text).",
+    )
+    sentence_relative: float = Field(
+        default=0.5,
+        description="With sentence_level: keep a node's sentences scoring at least this fraction (0-1) "
+        "of its strongest sentence.",
+    )
     model: str = Field(default="default", frozen=True, description="Local model to load when none is given.")
     estimator: Optional[str] = Field(
         default="default", frozen=True, description="Answer estimator to load with the model."
@@ -66,7 +76,13 @@ class AT2Postprocessor(BaseNodePostprocessor):
 
     def __init__(self, attributor: Optional[AT2Attributor] = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.policy  # noqa: B018 -- validate the keep policy now, not on the first query
+        self.policy  # noqa: B018 -- validate the keep policies now, not on the first query
+        self.sentence_policy  # noqa: B018
+        if self.sentence_level and self.metadata_mode != MetadataMode.NONE:
+            raise ValueError(
+                "sentence_level=True rewrites the node text, so the scored text must be the node's "
+                "text: use metadata_mode=MetadataMode.NONE (the default)"
+            )
         self._loader = LazyAttributor(
             attributor,
             model=self.model,
@@ -92,6 +108,11 @@ class AT2Postprocessor(BaseNodePostprocessor):
         )
 
     @property
+    def sentence_policy(self) -> Optional[KeepPolicy]:
+        """The keep policy for sentences inside kept nodes (None without ``sentence_level``)."""
+        return KeepPolicy(relative=self.sentence_relative) if self.sentence_level else None
+
+    @property
     def attributor_loader(self) -> LazyAttributor:
         """The local model, loaded on first use (shared with a citation query engine)."""
         return self._loader
@@ -104,6 +125,7 @@ class AT2Postprocessor(BaseNodePostprocessor):
             policy=self.policy,
             query_estimator=self.query_estimator,
             max_new_tokens=self.max_new_tokens,
+            sentence_policy=self.sentence_policy,
         )
 
     def _postprocess_nodes(
@@ -138,5 +160,11 @@ class AT2Postprocessor(BaseNodePostprocessor):
 
 
 def _kept(nodes: List[NodeWithScore], result: PruneResult) -> List[NodeWithScore]:
-    """Annotated copies of the kept nodes, highest attribution score first."""
-    return [annotate(nodes[i], result.scores[i]) for i in result.kept]
+    """Annotated copies of the kept nodes, highest attribution score first (holding only their
+    kept sentences with sentence-level pruning)."""
+    out = []
+    for i in result.kept:
+        spans = None if result.sentence_spans is None else result.sentence_spans[i]
+        out.append(annotate(nodes[i], result.scores[i], text=None if spans is None else result.kept_text(i),
+                            spans=spans))
+    return out
