@@ -63,8 +63,9 @@ def main() -> None:
                     "max_abs_weight": float(np.max(np.abs(theirs)))})
     rhos = [o["spearman"] for o in out if o["spearman"] == o["spearman"]]
     print(f"{len(out)} examples, n = {args.n} ablations each")
-    print(f"rank correlation of weights: median {statistics.median(rhos):.4f}, min {min(rhos):.4f} "
-          f"(over {len(rhos)} examples with non-constant weights)")
+    print(f"rank correlation of weights: median {statistics.median(rhos):.4f}, mean {statistics.mean(rhos):.4f}, "
+          f"min {min(rhos):.4f}; >= 0.99 on {sum(r >= 0.99 for r in rhos)} of {len(rhos)} examples "
+          "(those with non-constant weights)")
     print(f"largest absolute weight difference: {max(o['max_abs_diff'] for o in out):.2e} "
           f"(largest weight: {max(o['max_abs_weight'] for o in out):.2e})")
     if args.out:

@@ -1,6 +1,8 @@
 """Plot LDS against cost (forward passes, log scale) for every method in an ``at2-rag evaluate`` summary.
 
-    python benchmarks/evaluation_plot.py benchmarks/out/evaluate-test.json benchmarks/evaluation-lds-cost.png
+    python benchmarks/evaluation_plot.py benchmarks/out/evaluate-test.json benchmarks/evaluation-lds-cost.png ["label"]
+
+The optional label (e.g. the machine) is added to the title.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 
-def main(summary_path: str, png: str) -> None:
+def main(summary_path: str, png: str, machine: str = "") -> None:
     summary = json.load(open(summary_path))["summary"]
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     for name, s in summary.items():
@@ -27,11 +29,12 @@ def main(summary_path: str, png: str) -> None:
     ax.set_xlabel("forward passes per example (log scale)")
     ax.set_ylabel("LDS (Spearman, 32 fresh ablations)")
     n = next(iter(summary.values()))["n"]
-    ax.set_title(f"Faithfulness vs cost, NQ-RAG test split ({n} examples)")
+    suffix = f", {machine}" if machine else ""
+    ax.set_title(f"Faithfulness vs cost, NQ-RAG test split ({n} examples{suffix})", fontsize=10)
     ax.grid(alpha=0.3, which="both")
     fig.tight_layout()
     fig.savefig(png, dpi=120)
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:3])
+    main(*sys.argv[1:4])

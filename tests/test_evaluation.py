@@ -180,6 +180,11 @@ def test_runner_and_cli_end_to_end_and_resume(tmp_path, attributor, capsys, monk
         assert m["loo"]["forward_passes"] == r["sources"] + 1 and m["contextcite:8"]["forward_passes"] == 8
         assert -1.0 <= m["at2"]["lds"] <= 1.0 and "drop5" in m["at2"] and "gold_top1" in m["at2"]
     assert summary["at2"]["n"] == 2 and summary["at2"]["time_ratio_to_at2_median"] == pytest.approx(1.0)
+    for name in ("at2", "loo"):  # citation accuracy: all gold-retrieved rows, and the correct ones apart
+        hits = [r["methods"][name]["gold_top1"] for r in rows]
+        assert summary[name]["gold_top1_retrieved"] == {"mean": sum(hits) / 2, "n": 2}
+        right = [h for h, r in zip(hits, rows) if r["correct"]]
+        assert summary[name]["gold_top1_correct"]["n"] == len(right)
     # Resuming: finished rows are not recomputed.
     import at2_rag.evaluation.runner as runner
 
