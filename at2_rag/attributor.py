@@ -9,6 +9,7 @@ own answer is attributed with no extra forward pass.
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 import warnings
 from collections.abc import Sequence
@@ -288,9 +289,11 @@ class AT2Attributor:
         return self._result(prompt, answer_ids, cap, extra_passes=1, dropped=dropped)
 
     def _query_estimator(self, estimator: Estimator | str | None) -> Estimator:
-        """The query estimator for ``estimator``; a name or path is read from disk only once."""
-        if not isinstance(estimator, str):
+        """The query estimator for ``estimator``; a name or path is read from disk only once per
+        attributor (a file replaced on disk later is not re-read)."""
+        if not isinstance(estimator, (str, os.PathLike)):
             return _resolve_estimator(estimator, self.model, "query")
+        estimator = os.fspath(estimator)
         with self._named_lock:
             key = (estimator, "query")
             if key not in self._named_estimators:

@@ -29,10 +29,10 @@ HEADER_WORD = "Document"
 """First word of every document's header in the prompt (``Document [n] (Title: ...)``)."""
 _MARKER = "\u2063AT2RAGCONTENT\u2063"
 
-# A fast tokenizer keeps ``split_special_tokens`` as a flag on its shared Rust object and flips it
-# per call, so two threads encoding with different settings can each see the other's flag. Calls
-# on one tokenizer are therefore serialised by a lock that belongs to that tokenizer (encoding is a
-# tiny part of an attribution); the table only maps live tokenizers to their locks.
+# A fast tokenizer keeps ``split_special_tokens`` as a flag on its shared Rust backend and flips it
+# per call, so two threads encoding with different settings can each see the other's flag. Our
+# encode calls on one backend are therefore serialised by a lock that belongs to that backend
+# (encoding is a tiny part of an attribution); the table only maps live backends to their locks.
 _ENCODE_LOCKS: weakref.WeakKeyDictionary[Any, threading.Lock] = weakref.WeakKeyDictionary()
 _ENCODE_LOCKS_GUARD = threading.Lock()
 
@@ -152,10 +152,12 @@ class _Builder:
 
 def _encode_lock(tokenizer) -> threading.Lock:
     """The lock serialising encode calls on ``tokenizer`` (created on first use)."""
+    # The flag lives on the Rust backend, which copies of a tokenizer object may share: key on it.
+    owner = getattr(tokenizer, "_tokenizer", None) or tokenizer
     with _ENCODE_LOCKS_GUARD:
-        lock = _ENCODE_LOCKS.get(tokenizer)
+        lock = _ENCODE_LOCKS.get(owner)
         if lock is None:
-            lock = _ENCODE_LOCKS[tokenizer] = threading.Lock()
+            lock = _ENCODE_LOCKS[owner] = threading.Lock()
         return lock
 
 

@@ -166,6 +166,11 @@ class Pruner:
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"mode must be 'draft' or 'query', got {mode!r}")
+        if sentence_policy is not None and sentence_policy.min_keep < 1:
+            raise ValueError(
+                "sentence_policy.min_keep must be at least 1: a kept document with no kept sentence "
+                "would be an empty document"
+            )
         self.attributor = attributor
         self.mode = mode
         self.policy = policy or KeepPolicy(top_k=3)

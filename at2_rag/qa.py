@@ -116,7 +116,7 @@ class RAGPipeline:
         pruned = self.pruner.prune(question, docs)
         t2 = time.perf_counter()
         # Best first, as rerankers hand documents on: the strongest evidence opens the context.
-        kept_docs = [pruned.documents[i] for i in pruned.kept]
+        kept_docs = pruned.kept_documents
         final = self.attributor.generate(
             question, kept_docs, granularity="sentence", max_new_tokens=self.max_new_tokens
         )

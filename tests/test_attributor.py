@@ -203,6 +203,7 @@ def test_threads_building_prompts_on_one_tokenizer_get_identical_ids(tokenizer):
         t.start()
     for t in threads:
         t.join(timeout=120)
+    assert not any(t.is_alive() for t in threads), "a thread did not finish"
     assert not mismatches, f"{len(mismatches)} of 160 prompts were tokenized differently"
 
 

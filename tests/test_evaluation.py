@@ -154,6 +154,9 @@ def test_surrogates_share_one_mask_sequence_and_are_charged_their_own_prefix(att
     # Asking again for fewer masks reuses the computed targets (no new batches).
     make_method("contextcite:4").score(attributor, ex)
     assert len(ex.surrogate.boundaries) == 4
+    # Extending from 20 keeps the batch grid: 20-24, 24-28 (what 28 masks cost alone, batch by batch).
+    make_method("contextcite:28").score(attributor, ex)
+    assert [b[0] for b in ex.surrogate.boundaries] == [0, 8, 16, 20, 24, 28]
 
 
 def test_runner_and_cli_end_to_end_and_resume(tmp_path, attributor, capsys, monkeypatch):

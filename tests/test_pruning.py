@@ -124,6 +124,8 @@ def test_pruner_bad_input(attributor):
         pruner.prune("  ", DOCS)
     with pytest.raises(ValueError, match="mode"):
         Pruner(attributor, mode="fast")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="min_keep"):  # would leave a kept document empty
+        Pruner(attributor, sentence_policy=KeepPolicy(threshold=0.0, min_keep=0))
 
 
 def _synthetic_attribution(attributor, sentence_scores):
@@ -166,7 +168,7 @@ def test_cite_real_answer(attributor):
     assert cites[0].documents[0] == 2
 
 
-def test_query_mode_reads_a_named_estimator_once_per_attributor(default_model, monkeypatch):
+def test_query_mode_reads_a_named_estimator_once_per_attributor(default_model, monkeypatch, tmp_path):
     """Adapters build a Pruner per call; the shipped query estimator must not be re-read each time."""
     from at2_rag import AT2Attributor, Estimator
 
@@ -183,6 +185,10 @@ def test_query_mode_reads_a_named_estimator_once_per_attributor(default_model, m
     first = Pruner(att, mode="query").prune("What is the capital of Japan?", DOCS)
     second = Pruner(att, mode="query").prune("What is the capital of Japan?", DOCS)
     assert reads == ["default-query"] and first.scores == second.scores
+    path = Estimator.uniform(model, "query").save(tmp_path / "q.safetensors")
+    for _ in range(2):  # a pathlib.Path is cached too (by its string)
+        att.score_query("What is the capital of Japan?", DOCS, estimator=path)
+    assert reads == ["default-query", str(path)]
     direct = att.score_query("What is the capital of Japan?", DOCS, estimator=Estimator.load("default-query"),
                              granularity="document")
     assert torch.allclose(direct.document_scores(), torch.tensor(first.scores, dtype=direct.scores.dtype))

@@ -200,7 +200,9 @@ class SurrogateAblations:
         masks = self.masks(n)
         while len(self.targets) < n:
             start = len(self.targets)
-            stop = min(n, start + batch_size)
+            # Batches stay on the batch-size grid, so what n masks cost never depends on which
+            # surrogate asked first.
+            stop = min(n, (start // batch_size + 1) * batch_size)
             t = time.perf_counter()
             y = whole_answer_targets(att, ex, masks[start:stop], batch_size)
             self.targets = torch.cat([self.targets, y.to(torch.float64)])

@@ -208,13 +208,16 @@ def test_serialises_settings_but_not_the_model(attributor):
 
 
 def test_sentence_level_keeps_the_core_pruners_sentences(attributor, nodes, query):
+    # Chunks with offsets in their source file, as a node parser leaves them.
+    nodes = [NodeWithScore(node=n.node.model_copy(update={"start_char_idx": 100, "end_char_idx": 100 + len(n.node.text)}),
+                           score=n.score) for n in nodes]
     pp = AT2Postprocessor(attributor=attributor, mode="query", top_k=2, sentence_level=True, sentence_relative=0.5)
     snapshot = texts(nodes)
     out = pp.postprocess_nodes(nodes, query)
     core = Pruner(attributor, mode="query", policy=KeepPolicy(top_k=2),
                   sentence_policy=KeepPolicy(relative=0.5)).prune(QUESTION, snapshot)
     assert [n.node_id for n in out] == [nodes[i].node_id for i in core.kept]
-    assert texts(nodes) == snapshot  # the caller's nodes keep their text
+    assert texts(nodes) == snapshot and nodes[0].node.start_char_idx == 100  # the caller's nodes are untouched
     for n, i in zip(out, core.kept):
         spans = n.node.metadata[SPANS_KEY]
         assert n.node.get_content() == core.kept_text(i)
@@ -224,5 +227,10 @@ def test_sentence_level_keeps_the_core_pruners_sentences(attributor, nodes, quer
         assert SPANS_KEY not in n.node.get_content(metadata_mode=MetadataMode.LLM)
     with pytest.raises(ValueError, match="metadata_mode"):
         AT2Postprocessor(attributor=attributor, sentence_level=True, metadata_mode=MetadataMode.ALL)
-    with pytest.raises(ValueError, match="relative"):
+        assert n.node.start_char_idx is None and n.node.end_char_idx is None
+    with pytest.raises(ValueError, match="less than or equal to 1"):
         AT2Postprocessor(attributor=attributor, sentence_level=True, sentence_relative=2.0)
+    later = AT2Postprocessor(attributor=attributor, mode="query", sentence_level=True)
+    later.metadata_mode = MetadataMode.ALL  # set after construction: still refused before scoring
+    with pytest.raises(ValueError, match="metadata_mode"):
+        later.postprocess_nodes(nodes, query)

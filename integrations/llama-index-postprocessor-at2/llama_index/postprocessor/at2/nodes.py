@@ -55,7 +55,8 @@ def annotate(
     The first score a node arrived with is kept under :data:`RETRIEVAL_SCORE_KEY` (scoring twice
     keeps the retriever's score, not the first attribution), and the added keys are excluded from
     the text that LLMs and embedding models see. ``text`` replaces the copy's text (sentence-level
-    pruning), ``spans`` records where its pieces lie in the original text.
+    pruning), ``spans`` records where its pieces lie in the text that was scored (the node's text
+    as it arrived).
     """
     inner = node.node
     metadata = dict(inner.metadata)
@@ -73,6 +74,8 @@ def annotate(
     )
     if text is not None:
         copy.set_content(text)
+        # The copy now holds a subset of the chunk: its offsets in the source file no longer apply.
+        copy.start_char_idx = copy.end_char_idx = None
     return NodeWithScore(node=copy, score=score)
 
 

@@ -16,8 +16,9 @@ class AT2Postprocessor(BaseNodePostprocessor):
     """Score retrieved nodes with AT2 on a local model and keep the useful ones, best first.
 
     Returned nodes are annotated copies: ``score`` is the attribution score, the metadata holds
-    ``retrieval_score`` (the score the node arrived with) and ``attribution_score``, and both keys
-    are excluded from LLM and embedding text. The caller's nodes are never modified.
+    ``retrieval_score`` (the score the node arrived with) and ``attribution_score`` (and, with
+    ``sentence_level``, ``attribution_spans``), and every added key is excluded from LLM and
+    embedding text. The caller's nodes are never modified.
 
     Pass ``attributor=`` to share a loaded :class:`~at2_rag.AT2Attributor`; otherwise one is
     loaded from ``model``/``estimator``/``device``/``dtype``/``overflow`` on the first non-empty
@@ -57,6 +58,8 @@ class AT2Postprocessor(BaseNodePostprocessor):
     )
     sentence_relative: float = Field(
         default=0.5,
+        ge=0.0,
+        le=1.0,
         description="With sentence_level: keep a node's sentences scoring at least this fraction (0-1) "
         "of its strongest sentence.",
     )
@@ -77,12 +80,7 @@ class AT2Postprocessor(BaseNodePostprocessor):
     def __init__(self, attributor: Optional[AT2Attributor] = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.policy  # noqa: B018 -- validate the keep policies now, not on the first query
-        self.sentence_policy  # noqa: B018
-        if self.sentence_level and self.metadata_mode != MetadataMode.NONE:
-            raise ValueError(
-                "sentence_level=True rewrites the node text, so the scored text must be the node's "
-                "text: use metadata_mode=MetadataMode.NONE (the default)"
-            )
+        self._check_sentence_level()
         self._loader = LazyAttributor(
             attributor,
             model=self.model,
@@ -107,6 +105,13 @@ class AT2Postprocessor(BaseNodePostprocessor):
             min_keep=self.min_keep,
         )
 
+    def _check_sentence_level(self) -> None:
+        if self.sentence_level and self.metadata_mode != MetadataMode.NONE:
+            raise ValueError(
+                "sentence_level=True rewrites the node text, so the scored text must be the node's "
+                "text: use metadata_mode=MetadataMode.NONE (the default)"
+            )
+
     @property
     def sentence_policy(self) -> Optional[KeepPolicy]:
         """The keep policy for sentences inside kept nodes (None without ``sentence_level``)."""
@@ -118,7 +123,8 @@ class AT2Postprocessor(BaseNodePostprocessor):
         return self._loader
 
     def pruner(self, attributor: AT2Attributor) -> Pruner:
-        """The core pruner for these settings."""
+        """The core pruner for these settings (checked again: fields may have been set since)."""
+        self._check_sentence_level()
         return Pruner(
             attributor,
             mode=self.mode,
