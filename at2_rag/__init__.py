@@ -15,7 +15,7 @@ from .estimator import Estimator, ModelIdentity
 from .lazy import LazyAttributor
 from .models import load_model
 from .prompts import Document, Prompt, Source, build_prompt
-from .pruning import KeepPolicy, Pruner, PruneResult
+from .pruning import DEFAULT_POLICY, KeepPolicy, Pruner, PruneResult, fused_scores
 from .sentences import split_sentences
 
 __version__ = "0.1.0"
@@ -28,6 +28,7 @@ __all__ = [
     "Citation",
     "CitedSource",
     "ContextTooLongError",
+    "DEFAULT_POLICY",
     "DeviceError",
     "Document",
     "Estimator",
@@ -45,6 +46,7 @@ __all__ = [
     "UnsupportedModelError",
     "build_prompt",
     "cite",
+    "fused_scores",
     "load_model",
     "split_sentences",
     "with_markers",

@@ -35,6 +35,12 @@ from .prompts import (
 )
 from .sentences import split_sentences
 
+SHIPPED_ESTIMATORS = ("default", "default-query", "default-support")
+"""Estimators shipped for the default model: answer rows, question rows (the model's own answers),
+and question rows calibrated and trained on reference answers (which sources support the right answer)."""
+CONTENT_FREE_QUESTION = "N/A"
+"""The question of the calibration prompt: asks nothing, so its attention is the positional prior."""
+
 
 @dataclass(frozen=True)
 class ScoredSource:
@@ -288,7 +294,7 @@ class AT2Attributor:
             self.model(input_ids=ids, use_cache=False, logits_to_keep=1)
         return self._result(prompt, answer_ids, cap, extra_passes=1, dropped=dropped)
 
-    def _query_estimator(self, estimator: Estimator | str | None) -> Estimator:
+    def query_estimator(self, estimator: Estimator | str | None) -> Estimator:
         """The query estimator for ``estimator``; a name or path is read from disk only once per
         attributor (a file replaced on disk later is not re-read)."""
         if not isinstance(estimator, (str, os.PathLike)):
@@ -312,15 +318,14 @@ class AT2Attributor:
         """Score sources from one prefill pass, before any answer exists (query mode).
 
         Uses the attention rows of the question and generation prompt; the estimator should be a
-        ``"query"`` estimator (uniform weights when None).
+        ``"query"`` estimator (uniform weights when None). A calibrated estimator (``"content-free"``)
+        scores those features minus the features of the same prompt asked a content-free question,
+        computed as a second row of the same batch.
         """
-        est = self._query_estimator(estimator)
+        est = self.query_estimator(estimator)
         prompt, dropped = self._fitted_prompt(question, documents, granularity, 0, "nothing")
-        ids = torch.tensor([prompt.input_ids], device=self.device)
-        cap = self._capture(prompt)
-        with capture.capturing(cap):
-            self.model(input_ids=ids, use_cache=False, logits_to_keep=1)
-        qf = cap.features()[0].mean(dim=2)
+        raw, null = self.query_features(prompt, content_free=est.calibration == "content-free")
+        qf = raw if null is None else raw - null
         return Attribution(
             prompt=prompt,
             answer="",
@@ -331,6 +336,38 @@ class AT2Attributor:
             query_features=qf if self.keep_features else None,
             dropped_documents=dropped,
         )
+
+    @torch.inference_mode()
+    def query_features(
+        self, prompt: Prompt, *, content_free: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Question-row features ``(layers, heads, sources)`` of ``prompt`` from one prefill.
+
+        With ``content_free``, also those of the same documents asked :data:`CONTENT_FREE_QUESTION`
+        (the positional prior of the question rows, as in in-context re-ranking), from a second row
+        of the same batch; else None. Both prompts share every token before the question, so each
+        source has the same token range in both.
+        """
+        prompts = [prompt]
+        if content_free:
+            null = build_prompt(
+                self.tokenizer, CONTENT_FREE_QUESTION, prompt.documents, prompt.granularity,
+                instruction=self.instruction, system_prompt=self.system_prompt,
+            )
+            if null.input_ids[: null.question_tokens[0]] != prompt.input_ids[: prompt.question_tokens[0]]:
+                raise RuntimeError("the content-free prompt does not share the documents' tokens")
+            prompts.append(null)
+        width = max(len(p) for p in prompts)
+        pad = self._pad_id() or 0
+        ids = torch.tensor([p.input_ids + [pad] * (width - len(p)) for p in prompts], device=self.device)
+        attn = torch.tensor([[1] * len(p) + [0] * (width - len(p)) for p in prompts], device=self.device)
+        first = prompt.question_tokens[0]
+        cap = self._capture(prompt, rows=range(first, width), length=width)
+        with capture.capturing(cap):
+            self.model(input_ids=ids, attention_mask=attn, use_cache=False, logits_to_keep=1)
+        feats, positions = cap.features(), cap.positions()  # (B, L, H, rows, S), (rows,)
+        out = [feats[b][:, :, (positions < len(p))].mean(dim=2) for b, p in enumerate(prompts)]
+        return out[0], (out[1] if content_free else None)
 
     # -- asyncio ----------------------------------------------------------------------------------
     async def agenerate(self, question: str, documents: Sequence[DocumentLike], **kwargs) -> Attribution:
@@ -349,12 +386,16 @@ class AT2Attributor:
 
     # -- internals ---------------------------------------------------------------------------------
     def _capture(
-        self, prompt: Prompt, rows: Sequence[int] = (), capture_from: int | None = None
+        self,
+        prompt: Prompt,
+        rows: Sequence[int] = (),
+        capture_from: int | None = None,
+        length: int | None = None,
     ) -> capture.AttentionCapture:
-        member = torch.zeros(1, len(prompt), len(prompt.sources))
+        member = torch.zeros(1, length or len(prompt), len(prompt.sources))
         for s in prompt.sources:
             member[0, s.token_start : s.token_end, s.index] = 1.0
-        query_rows = range(prompt.question_tokens[0], len(prompt))
+        query_rows = range(prompt.question_tokens[0], len(prompt)) if length is None else ()
         return capture.AttentionCapture(
             member.to(self.device),
             rows=[*rows, *query_rows],
@@ -472,8 +513,8 @@ def _resolve_estimator(estimator, model, kind: str) -> Estimator:
     """An Estimator from an object, a path / shipped name, or None (uniform)."""
     if estimator is None:
         return Estimator.uniform(model, kind)  # type: ignore[arg-type]
-    if isinstance(estimator, str) and estimator in ("default", "default-query"):
-        name = "default" if kind == "answer" else "default-query"
+    if isinstance(estimator, str) and estimator in SHIPPED_ESTIMATORS:
+        name = "default-query" if estimator == "default" and kind == "query" else estimator
         try:
             est = Estimator.load(name)
         except FileNotFoundError:

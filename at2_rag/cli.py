@@ -52,9 +52,9 @@ def cmd_ask(args) -> int:
     with console.status(f"Loading the {args.model} model ..."):
         att = AT2Attributor.from_pretrained(args.model, args.estimator, device=args.device, dtype=args.dtype)
     pipe = RAGPipeline(att, index, k=args.top_k, mode=args.mode, policy=KeepPolicy(top_k=args.keep),
-                       max_new_tokens=args.max_new_tokens)
+                       max_new_tokens=args.max_new_tokens, full_answer=args.compare_full)
     with console.status("Retrieving, scoring, pruning and answering ..."):
-        result = pipe.ask(args.question)
+        result = pipe.ask(args.question, references=args.reference_answer)
     if args.json:
         print(json.dumps(result.to_dict(), indent=1, ensure_ascii=False))
     else:
@@ -85,14 +85,19 @@ def cmd_evaluate(args) -> int:
 
 
 def _add_pipeline_args(p: argparse.ArgumentParser) -> None:
+    from .pruning import MODES
     from .qa import DEFAULT_KEEP, DEFAULT_RETRIEVE
 
     p.add_argument("--estimator", default="default", help="'default', a .safetensors file, or 'none' (uniform)")
     p.add_argument("--top-k", type=_positive, default=DEFAULT_RETRIEVE, help="chunks retrieved per question")
     p.add_argument("--keep", type=_positive, default=DEFAULT_KEEP, help="chunks kept after AT2 pruning")
-    p.add_argument("--mode", choices=["draft", "query"], default="draft",
-                   help="draft: score a full-context draft answer (most faithful); query: score the question "
-                        "alone (one prefill pass, faster)")
+    p.add_argument("--mode", choices=list(MODES), default="support",
+                   help="support: score which chunks support a correct answer, from the question alone, fused "
+                        "with the retriever's rank (best answers); draft: score what a full-context draft "
+                        "answer used (most faithful to the draft); query: question rows, own-answer estimator")
+    p.add_argument("--compare-full", action="store_true",
+                   help="also answer from all retrieved chunks and say whether pruning changed the answer "
+                        "(always on in the demo; free in draft mode)")
     p.add_argument("--html", default=None, metavar="FILE", help="also write a self-contained HTML report")
 
 
@@ -167,6 +172,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chunk-words", type=_positive, default=120, help="words per chunk (whole sentences)")
     p.add_argument("--max-new-tokens", type=_positive, default=64)
     p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument("--reference-answer", action="append", default=None, metavar="TEXT",
+                   help="an accepted answer (repeatable): both answers are then marked correct or incorrect")
     p.set_defaults(func=cmd_ask)
 
     p = sub.add_parser("attribute", help="answer (or attribute --answer) over document files")

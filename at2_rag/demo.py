@@ -7,7 +7,7 @@ import time
 
 from .corpus import sample_corpus, sample_questions
 from .pruning import KeepPolicy, Mode
-from .qa import DEFAULT_KEEP, DEFAULT_RETRIEVE, QAResult
+from .qa import DEFAULT_KEEP, DEFAULT_RETRIEVE, QAResult, correctness_tally
 
 
 def run_demo(
@@ -19,7 +19,7 @@ def run_demo(
     questions: int | None = 3,
     k: int = DEFAULT_RETRIEVE,
     keep: int = DEFAULT_KEEP,
-    mode: Mode = "draft",
+    mode: Mode = "support",
     html: str | None = None,
     quiet: bool = False,
 ) -> list[QAResult]:
@@ -38,14 +38,18 @@ def run_demo(
     with console.status("Embedding the sample corpus (32 passages on mountains) into a FAISS index ..."):
         index = cached_index(sample_corpus())
     console.print(f"Ready in {time.perf_counter() - t0:.1f} s. Retrieving {k} chunks per question, keeping "
-                  f"the best {keep} by AT2 score ({mode} mode), then answering again from those.\n")
-    pipe = RAGPipeline(att, index, k=k, mode=mode, policy=KeepPolicy(top_k=keep))
+                  f"the best {keep} by AT2 score ({mode} mode), then answering from those and, to compare, from all "
+                  f"{k}.\n")
+    pipe = RAGPipeline(att, index, k=k, mode=mode, policy=KeepPolicy(top_k=keep), full_answer=True)
     results = []
     for q in sample_questions()[:questions]:
         with console.status(f"Answering: {q.question}"):
-            r = pipe.ask(q.question)
+            r = pipe.ask(q.question, references=q.answers)
         results.append(r)
         print_result(console, r)
+    tally = correctness_tally([r.comparison for r in results])
+    if tally:
+        console.print(f"[bold]Against the reference answers:[/bold] {tally}", highlight=False)
     if html:
         from .report import write_html
 

@@ -22,6 +22,9 @@ from .errors import EstimatorError
 
 FORMAT_VERSION = 1
 FeatureKind = Literal["answer", "query"]
+CALIBRATIONS: tuple[str | None, ...] = (None, "content-free")
+"""How query features are calibrated before scoring: not at all, or minus the features of the same
+prompt asked a content-free question (its positional prior; see ``AT2Attributor.query_features``)."""
 _ESTIMATORS_DIR = Path(__file__).parent / "estimators"
 
 
@@ -64,6 +67,9 @@ class Estimator:
     model: ModelIdentity
     kind: FeatureKind = "answer"
     recipe: dict[str, Any] = field(default_factory=dict)
+    calibration: str | None = None
+    """For query estimators: ``"content-free"`` when trained on question-row features minus those
+    of the same prompt with a content-free question (see :data:`CALIBRATIONS`); None: raw features."""
 
     def __post_init__(self) -> None:
         w = torch.as_tensor(self.weights, dtype=torch.float32)
@@ -73,6 +79,12 @@ class Estimator:
                 f"({self.model.num_layers} layers, {self.model.num_heads} heads)"
             )
         self.weights = w
+        if self.calibration not in CALIBRATIONS:
+            raise EstimatorError(
+                f"unknown calibration {self.calibration!r}; expected one of {sorted(map(str, CALIBRATIONS))}"
+            )
+        if self.calibration is not None and self.kind != "query":
+            raise EstimatorError("only query estimators can be calibrated (answer rows need no calibration)")
 
     @classmethod
     def uniform(cls, model_or_identity, kind: FeatureKind = "answer") -> Estimator:
@@ -109,6 +121,7 @@ class Estimator:
             "kind": self.kind,
             "model": asdict(self.model),
             "recipe": self.recipe,
+            "calibration": self.calibration,
         }
 
     def save(self, path: str | os.PathLike) -> Path:
@@ -158,7 +171,13 @@ class Estimator:
             ident = ModelIdentity(**meta["model"])
         except (KeyError, TypeError) as exc:
             raise EstimatorError(f"{path} has incomplete model metadata: {exc}") from exc
-        return cls(tensors["weights"], ident, meta.get("kind", "answer"), meta.get("recipe", {}))
+        try:
+            return cls(
+                tensors["weights"], ident, meta.get("kind", "answer"), meta.get("recipe", {}),
+                meta.get("calibration"),
+            )
+        except EstimatorError as exc:
+            raise EstimatorError(f"{path}: {exc}") from exc
 
 
 def resolve(name: str | os.PathLike) -> Path:

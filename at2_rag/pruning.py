@@ -1,9 +1,15 @@
 """Keep the retrieved documents that drove the answer: keep policies and the prune step.
 
 Shared by every front end (CLI, LangChain, LlamaIndex) so a policy means the same thing everywhere.
-Two scoring modes: ``"draft"`` (the local model drafts an answer; its attention while drafting is
-scored by the answer estimator — zero extra passes) and ``"query"`` (one prefill pass over the
-question, scored by the query estimator; no draft, about half the cost).
+Three scoring modes:
+
+- ``"support"`` (default): one prefill pass; the question rows' attention is scored by the support
+  estimator, trained on ablations of the dataset's *reference* answers, so it predicts which
+  documents make the model answer correctly — not which ones it leans on (a small reader leans on
+  the last document whatever it says). Fused with the retriever's rank (:func:`fused_scores`).
+- ``"draft"``: the local model drafts an answer; its attention while drafting is scored by the answer
+  estimator (zero extra passes). Faithful to what the draft used, right or wrong.
+- ``"query"``: one prefill pass scored by the query estimator, trained on the model's own answers.
 """
 
 from __future__ import annotations
@@ -19,8 +25,29 @@ from .attributor import AT2Attributor, Attribution
 from .estimator import Estimator
 from .prompts import Document, DocumentLike, Granularity, as_documents, encode
 
-Mode = Literal["draft", "query"]
-MODES: tuple[str, ...] = ("draft", "query")
+Mode = Literal["support", "draft", "query"]
+MODES: tuple[str, ...] = ("support", "draft", "query")
+DEFAULT_ESTIMATORS = {"support": "default-support", "query": "default-query"}
+"""The shipped question-row estimator of each prefill-only mode."""
+
+
+def standardized(scores: Sequence[float]) -> list[float]:
+    """Scores shifted to mean 0 and scaled to unit standard deviation (all 0 when they are equal),
+    so AT2 scores, meaningful only up to scale, can be added to a retriever-rank term."""
+    n = len(scores)
+    if n == 0:
+        return []
+    mean = sum(scores) / n
+    sd = math.sqrt(sum((s - mean) ** 2 for s in scores) / n)
+    return [0.0] * n if sd == 0 else [(s - mean) / sd for s in scores]
+
+
+def fused_scores(scores: Sequence[float], rank_weight: float) -> list[float]:
+    """Keep scores: standardized AT2 scores minus ``rank_weight · log(1 + rank)``, where a
+    document's rank is its position in the input (documents come in retriever order, best first)."""
+    if rank_weight == 0:
+        return list(scores)
+    return [z - rank_weight * math.log1p(rank) for rank, z in enumerate(standardized(scores))]
 
 
 @dataclass(frozen=True)
@@ -96,7 +123,9 @@ class PruneResult:
     """Each document's length in prompt tokens."""
     attribution: Attribution
     """The attribution the scores came from (its ``answer`` is the draft in draft mode)."""
-    mode: str = "draft"
+    mode: str = "support"
+    keep_scores: list[float] | None = None
+    """The scores the keep policy ranked (AT2 scores fused with retriever rank); None: ``scores``."""
     dropped_for_window: list[int] = field(default_factory=list)
     """Documents left out of scoring to fit the window (``overflow="drop_last"``); never kept."""
     sentence_spans: dict[int, list[tuple[int, int]]] | None = None
@@ -144,9 +173,14 @@ class Pruner:
 
     Args:
         attributor: the local model that scores (and, in draft mode, drafts).
-        mode: ``"draft"`` or ``"query"`` (see the module docstring).
-        policy: the keep policy (default: ``KeepPolicy(top_k=3)``).
-        query_estimator: estimator for query mode (default: the shipped query estimator).
+        mode: ``"support"`` (default), ``"draft"`` or ``"query"`` (see the module docstring).
+        policy: the keep policy (default: :data:`DEFAULT_POLICY`).
+        query_estimator: estimator of the question rows in support and query modes (default: the
+            shipped one of the mode, ``"default-support"`` / ``"default-query"``).
+        rank_weight: weight of the retriever rank in the keep score (:func:`fused_scores`); documents
+            must then come in retriever order, best first. None: the weight fitted with the support
+            estimator (its recipe's ``fusion.rank_weight``) in support mode, 0 (AT2 scores alone) in
+            the other modes. Pass 0 when the input order says nothing about relevance.
         max_new_tokens: length of the draft in draft mode.
         sentence_policy: also prune inside kept documents: sources become sentences, documents are
             kept by their summed sentence scores under ``policy``, then each kept document keeps the
@@ -158,14 +192,17 @@ class Pruner:
         self,
         attributor: AT2Attributor,
         *,
-        mode: Mode = "draft",
+        mode: Mode = "support",
         policy: KeepPolicy | None = None,
         query_estimator: Estimator | str | None = "default",
         max_new_tokens: int | None = None,
         sentence_policy: KeepPolicy | None = None,
+        rank_weight: float | None = None,
     ) -> None:
         if mode not in MODES:
-            raise ValueError(f"mode must be 'draft' or 'query', got {mode!r}")
+            raise ValueError(f"mode must be one of {', '.join(map(repr, MODES))}, got {mode!r}")
+        if rank_weight is not None and (not math.isfinite(rank_weight) or rank_weight < 0):
+            raise ValueError(f"rank_weight must be a finite number >= 0 or None, got {rank_weight!r}")
         if sentence_policy is not None and sentence_policy.min_keep < 1:
             raise ValueError(
                 "sentence_policy.min_keep must be at least 1: a kept document with no kept sentence "
@@ -173,8 +210,11 @@ class Pruner:
             )
         self.attributor = attributor
         self.mode = mode
-        self.policy = policy or KeepPolicy(top_k=3)
+        self.policy = policy or DEFAULT_POLICY
+        if query_estimator == "default":
+            query_estimator = DEFAULT_ESTIMATORS.get(mode, "default-query")
         self.query_estimator = query_estimator
+        self.rank_weight = rank_weight
         self.max_new_tokens = max_new_tokens
         self.sentence_policy = sentence_policy
 
@@ -185,7 +225,7 @@ class Pruner:
 
     def score(self, question: str, documents: Sequence[DocumentLike]) -> Attribution:
         """The attribution behind the scores (document or sentence granularity)."""
-        if self.mode == "query":
+        if self.mode in ("support", "query"):
             return self.attributor.score_query(
                 question, documents, estimator=self.query_estimator, granularity=self.granularity
             )
@@ -202,15 +242,26 @@ class Pruner:
         lengths = [0] * n_scored
         for s in att.sources:
             lengths[s.document] += s.token_end - s.token_start
-        kept = self.policy.select(doc_scores, lengths)
+        keep_scores = fused_scores(doc_scores, self._rank_weight())
+        kept = self.policy.select(keep_scores, lengths)
         # Documents dropped to fit the window were never seen: score them -inf, keep none of them.
         dropped = list(att.dropped_documents)
         scores = doc_scores + [float("-inf")] * len(dropped)
         lengths = lengths + [len(encode(self.attributor.tokenizer, docs[i].text)) for i in dropped]
-        result = PruneResult(docs, scores, kept, lengths, att, self.mode, dropped)
+        keep_scores = keep_scores + [float("-inf")] * len(dropped)
+        result = PruneResult(docs, scores, kept, lengths, att, self.mode, keep_scores, dropped)
         if self.sentence_policy is not None:
             result.sentence_spans, result.sentence_tokens = _kept_sentences(att, kept, self.sentence_policy)
         return result
+
+    def _rank_weight(self) -> float:
+        """The retriever-rank weight in use (see the ``rank_weight`` argument)."""
+        if self.rank_weight is not None:
+            return self.rank_weight
+        if self.mode != "support":
+            return 0.0
+        est = self.attributor.query_estimator(self.query_estimator)
+        return float(est.recipe.get("fusion", {}).get("rank_weight", 0.0))
 
     async def aprune(self, question: str, documents: Sequence[DocumentLike]) -> PruneResult:
         """:meth:`prune` in a worker thread, so the event loop keeps running meanwhile."""
@@ -233,3 +284,8 @@ def _kept_sentences(
         spans[d] = [(sents[j][0], sents[j][1]) for j in chosen]
         tokens[d] = sum(sents[j][2] for j in chosen)
     return spans, tokens
+
+
+DEFAULT_POLICY = KeepPolicy(top_k=1)
+"""Keep the single best document: chosen on NQ-RAG validation by the reader's accuracy against
+keeping 2 or 3 (benchmarks/RESULTS.md, "Prune and regenerate")."""

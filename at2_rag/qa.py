@@ -8,14 +8,84 @@ from dataclasses import dataclass, field
 
 from .attributor import AT2Attributor, Attribution
 from .citations import Citation, cite
+from .data import is_correct, normalize_answer
 from .prompts import Document
-from .pruning import KeepPolicy, Mode, Pruner, PruneResult
+from .pruning import DEFAULT_POLICY, KeepPolicy, Mode, Pruner, PruneResult
 from .retrieval import VectorIndex
 
 DEFAULT_RETRIEVE = 8
 """Chunks retrieved per question: enough to usually contain the answer, few enough for a small window."""
-DEFAULT_KEEP = 3
-"""Chunks kept after pruning: most questions need one or two; three leaves a margin."""
+DEFAULT_KEEP = DEFAULT_POLICY.top_k
+"""Chunks kept after pruning: the core default (chosen on validation, see ``at2_rag.pruning``)."""
+
+
+@dataclass(frozen=True)
+class AnswerComparison:
+    """The pruned answer against the full-context one, and each against reference answers where known."""
+
+    changed: bool | None
+    """True when pruning changed the answer (normalised text differs); None without a full-context answer."""
+    full_correct: bool | None
+    """Whether the full-context answer contains a reference answer; None without references or that answer."""
+    pruned_correct: bool | None
+    """Whether the pruned answer contains a reference answer; None without references."""
+
+    @property
+    def has_references(self) -> bool:
+        """True when reference answers were known, so correctness could be judged."""
+        return self.pruned_correct is not None
+
+    @property
+    def verdict(self) -> str:
+        """One plain sentence for every view: did pruning change the answer, and is each answer correct."""
+        if self.changed is None:
+            head = "No full-context answer in this mode, so whether pruning changed the answer is unknown"
+        elif self.changed:
+            head = "Pruning changed the answer"
+        else:
+            head = "Pruning did not change the answer"
+        if not self.has_references:
+            tail = ": the two answers differ, and there are no reference answers to say which is right" \
+                if self.changed else ""
+            return head + tail + "."
+        parts = []
+        if self.full_correct is not None:
+            parts.append(f"full-context answer {_correct_word(self.full_correct)}")
+        parts.append(f"pruned answer {_correct_word(self.pruned_correct)}")
+        return f"{head}: {', '.join(parts)}."
+
+
+def _correct_word(ok: bool | None) -> str:
+    """'correct' or 'incorrect' for a known flag."""
+    return "correct" if ok else "incorrect"
+
+
+def compare_answers(full: str | None, pruned: str, references: Sequence[str] | None = None) -> AnswerComparison:
+    """Compare the full-context and pruned answers (normalised) and judge both against ``references``.
+
+    The one rule behind the terminal view, the HTML report and the JSON output, so they never disagree.
+    """
+    refs = [a for a in (references or ()) if normalize_answer(a)]
+    changed = None if full is None else normalize_answer(full) != normalize_answer(pruned)
+    pruned_correct = is_correct(pruned, refs) if refs else None
+    full_correct = is_correct(full, refs) if refs and full is not None else None
+    return AnswerComparison(changed, full_correct, pruned_correct)
+
+
+def correctness_tally(comparisons: Sequence[AnswerComparison]) -> str | None:
+    """One line counting correct pruned and full-context answers over the questions with references (None: none)."""
+    judged = [c for c in comparisons if c.has_references]
+    if not judged:
+        return None
+    n, with_full = len(judged), [c for c in judged if c.full_correct is not None]
+    line = (f"pruned answer correct in {sum(bool(c.pruned_correct) for c in judged)} of {n}, "
+            f"full-context answer correct in {sum(bool(c.full_correct) for c in with_full)} of {len(with_full)}")
+    if len(with_full) < n:
+        line += f" (no full-context answer for the other {n - len(with_full)})"
+    compared = [c for c in comparisons if c.changed is not None]
+    if compared:
+        line += f"; pruning changed the answer in {sum(bool(c.changed) for c in compared)} of {len(compared)}"
+    return line
 
 
 @dataclass
@@ -30,15 +100,37 @@ class QAResult:
     """The answer regenerated from the kept chunks, attributed per sentence to their sentences."""
     citations: list[Citation]
     seconds: dict[str, float] = field(default_factory=dict)
+    references: tuple[str, ...] | None = None
+    """Accepted reference answers, when known (to judge both answers); None otherwise."""
+    full_answer: str | None = None
+    """The answer from all retrieved chunks when generated for comparison (outside draft mode)."""
 
     @property
     def answer(self) -> str:
         return self.final.answer
 
     @property
+    def comparison(self) -> AnswerComparison:
+        """Whether pruning changed the answer and, with references, whether each answer is correct."""
+        return compare_answers(self.full_context_answer, self.answer, self.references)
+
+    @property
     def full_context_answer(self) -> str | None:
-        """The answer from all retrieved chunks (the draft; None in query mode, which drafts nothing)."""
-        return self.prune.draft if self.prune.mode == "draft" else None
+        """The answer from all retrieved chunks: the draft in draft mode, else the one generated for
+        comparison (``RAGPipeline(full_answer=True)``), else None."""
+        return self.prune.draft if self.prune.mode == "draft" else self.full_answer
+
+    @property
+    def keep_scores(self) -> list[float]:
+        """The scores the chunks were kept by (AT2 fused with retriever rank in support mode)."""
+        return self.prune.keep_scores or self.prune.scores
+
+    def bar_fractions(self) -> list[float]:
+        """Each chunk's keep score as a 0–1 bar length (lowest finite score 0, highest 1), for every view."""
+        finite = [k for k in self.keep_scores if k != float("-inf")]
+        lo, hi = (min(finite), max(finite)) if finite else (0.0, 0.0)
+        span = hi - lo
+        return [0.0 if k == float("-inf") else (1.0 if span == 0 else (k - lo) / span) for k in self.keep_scores]
 
     @property
     def kept(self) -> list[int]:
@@ -50,15 +142,24 @@ class QAResult:
         return self.prune.dropped
 
     def to_dict(self) -> dict:
-        return {
+        cmp = self.comparison
+        out = {
             "question": self.question,
             "answer": self.answer,
             "full_context_answer": self.full_context_answer,
+            "pruning_changed_answer": cmp.changed,
+            "comparison": cmp.verdict,
+        }
+        if cmp.has_references:
+            out.update(reference_answers=list(self.references or ()), full_correct=cmp.full_correct,
+                       pruned_correct=cmp.pruned_correct)
+        return out | {
             "mode": self.prune.mode,
             "retrieved": [
                 {"id": d.id, "title": d.title, "text": d.text, "retrieval_score": r, "attribution_score": a,
-                 "kept": i in self.prune.kept}
-                for i, (d, r, a) in enumerate(zip(self.retrieved, self.retrieval_scores, self.prune.scores))
+                 "keep_score": k, "kept": i in self.prune.kept}
+                for i, (d, r, a, k) in enumerate(
+                    zip(self.retrieved, self.retrieval_scores, self.prune.scores, self.keep_scores))
             ],
             "citations": [c.to_dict() for c in self.citations],
             "kept_tokens": self.prune.kept_tokens,
@@ -74,9 +175,11 @@ class RAGPipeline:
         attributor: the local model (answers, scores and cites).
         index: where chunks are retrieved from.
         k: chunks retrieved per question.
-        mode: ``"draft"`` (score the full-context draft answer) or ``"query"`` (score the question alone).
-        policy: keep policy (default: the best ``DEFAULT_KEEP`` chunks).
+        mode: ``"support"`` (default), ``"draft"`` or ``"query"`` (see :class:`~at2_rag.Pruner`).
+        policy: keep policy (default: the core's, the best ``DEFAULT_KEEP`` chunks).
         max_new_tokens: answer length.
+        full_answer: also answer from all retrieved chunks, to show what pruning changed (free in
+            draft mode, where that answer is the draft; one more generation in the other modes).
     """
 
     def __init__(
@@ -85,9 +188,10 @@ class RAGPipeline:
         index: VectorIndex,
         *,
         k: int = DEFAULT_RETRIEVE,
-        mode: Mode = "draft",
+        mode: Mode = "support",
         policy: KeepPolicy | None = None,
         max_new_tokens: int = 48,
+        full_answer: bool = False,
     ) -> None:
         if k < 1:
             raise ValueError(f"k must be at least 1, got {k}")
@@ -95,20 +199,22 @@ class RAGPipeline:
         self.index = index
         self.k = k
         self.max_new_tokens = max_new_tokens
-        self.pruner = Pruner(
-            attributor, mode=mode, policy=policy or KeepPolicy(top_k=DEFAULT_KEEP), max_new_tokens=max_new_tokens
-        )
+        self.full_answer = full_answer
+        self.pruner = Pruner(attributor, mode=mode, policy=policy, max_new_tokens=max_new_tokens)
 
-    def ask(self, question: str) -> QAResult:
-        """Answer ``question`` from the index with pruned context and measured citations."""
+    def ask(self, question: str, references: Sequence[str] | None = None) -> QAResult:
+        """Answer ``question`` from the index with pruned context and measured citations.
+
+        ``references`` (accepted answers, when known) let the result say whether each answer is correct.
+        """
         t0 = time.perf_counter()
         hits = self.index.search(question, self.k)
         docs, sims = [d for d, _ in hits], [s for _, s in hits]
-        return self.answer(question, docs, sims, t_retrieve=time.perf_counter() - t0)
+        return self.answer(question, docs, sims, t_retrieve=time.perf_counter() - t0, references=references)
 
     def answer(
         self, question: str, documents: Sequence[Document], retrieval_scores: Sequence[float] | None = None,
-        *, t_retrieve: float = 0.0,
+        *, t_retrieve: float = 0.0, references: Sequence[str] | None = None,
     ) -> QAResult:
         """Prune ``documents`` (already retrieved), regenerate from the kept ones and cite."""
         docs = list(documents)
@@ -121,8 +227,12 @@ class RAGPipeline:
             question, kept_docs, granularity="sentence", max_new_tokens=self.max_new_tokens
         )
         t3 = time.perf_counter()
+        full = None
+        if self.full_answer and pruned.mode != "draft":
+            full = self.attributor.generate(question, docs, max_new_tokens=self.max_new_tokens).answer
         sims = list(retrieval_scores) if retrieval_scores is not None else [float("nan")] * len(docs)
         return QAResult(
             question, pruned.documents, sims, pruned, final, cite(final),
             {"retrieve": t_retrieve, "score_and_prune": t2 - t1, "regenerate": t3 - t2},
+            tuple(references) if references is not None else None, full,
         )

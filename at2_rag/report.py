@@ -9,7 +9,7 @@ from __future__ import annotations
 import html
 from collections.abc import Sequence
 
-from .qa import QAResult
+from .qa import AnswerComparison, QAResult, correctness_tally
 
 _CSS = """
 body{font:15px/1.5 system-ui,sans-serif;max-width:980px;margin:2em auto;padding:0 1em;color:#1d232a}
@@ -27,6 +27,10 @@ h1{font-size:1.5em} h2{font-size:1.15em;margin-top:2.2em;border-top:1px solid #d
 .src-sent.cited{background:#fff4cf}
 .src-sent.active{background:#ffd24d;box-shadow:0 0 0 2px #ffd24d}
 .muted{color:#666;font-size:.9em}
+.flag{font-size:.8em;padding:0 .4em;border-radius:3px;margin-left:.3em}
+.flag.correct{background:#dfe9d8} .flag.incorrect{background:#f6d5d5}
+.verdict{font-weight:600;margin:.4em 0} .verdict.changed{color:#8a4b00}
+.tally{font-weight:600}
 """
 
 _JS = """
@@ -46,11 +50,14 @@ document.querySelectorAll('.ans-sent').forEach(function (el) {
 def render_html(results: Sequence[QAResult], title: str = "at2-rag report") -> str:
     """The whole report for ``results`` as one HTML string."""
     body = "".join(_question(n, r) for n, r in enumerate(results))
+    tally = correctness_tally([r.comparison for r in results])
+    if tally:
+        body = f'<p class="tally">Against the reference answers: {_e(tally)}</p>' + body
     return (
         f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{_e(title)}</title>'
         f"<style>{_CSS}</style></head><body><h1>{_e(title)}</h1>"
         '<p class="muted">Hover over or click an answer sentence to highlight the source sentences it rests '
-        "on. Scores are AT2 attribution scores (how much a source drove the answer).</p>"
+        "on. Bars show the keep score chunks were ranked by (in support mode, AT2's estimate of how much a chunk supports a correct answer, fused with the retriever's rank); citation scores are AT2 attribution scores (how much a source drove the answer).</p>"
         f"{body}<script>{_JS}</script></body></html>"
     )
 
@@ -67,17 +74,18 @@ def _question(n: int, r: QAResult) -> str:
     cited_ids = {sid[c.source] for cit in r.citations for c in cit.sources}
     answer = _answer_html(r, sid)
     full = r.full_context_answer
-    best = max([s for s in r.prune.scores if s != float("-inf")] + [1e-12])
+    cmp = r.comparison
     chunks = []
-    for i, doc in enumerate(r.retrieved):
-        score = r.prune.scores[i]
+    for i, (doc, frac) in enumerate(zip(r.retrieved, r.bar_fractions())):
+        score, keep = r.prune.scores[i], r.keep_scores[i]
         is_kept = i in kept
-        width = 0 if score == float("-inf") else max(0.0, score) / best * 120
+        width = frac * 120
         text = _kept_text(r, n, i, kept.index(i), cited_ids) if is_kept else _e(doc.text)
         chunks.append(
             f'<div class="chunk {"kept" if is_kept else "dropped"}" data-doc="{i}">'
             f'<div class="head"><b>[{i + 1}] {_e(doc.title or doc.id or "")}</b>'
-            f'<span class="bar" style="width:{width:.0f}px" title="attribution score {score:.4f}"></span>'
+            f'<span class="bar" style="width:{width:.0f}px" title="keep score {keep:.4f}"></span>'
+            f'<span title="the score chunks were kept by: AT2 fused with the retriever rank">keep {keep:.2f}</span>'
             f'<span title="AT2 attribution score">AT2 {score:.3f}</span>'
             f'<span title="retrieval cosine similarity">retrieval {r.retrieval_scores[i]:.3f}</span>'
             f'<span class="badge">{"kept" if is_kept else "dropped"}</span></div>'
@@ -86,11 +94,27 @@ def _question(n: int, r: QAResult) -> str:
     dropped = ", ".join(f"[{i + 1}]" for i in r.dropped) or "none"
     return (
         f'<section class="question" id="q{n}"><h2>Q: {_e(r.question)}</h2>'
-        f'<div class="answer final"><b>Answer</b> (from {len(kept)} kept chunk(s)): {answer}</div>'
-        + (f'<div class="answer full muted"><b>Full-context answer</b>: {_e(full)}</div>' if full is not None else "")
+        + (f'<div class="answer full"><b>Full-context answer</b>{_flag(cmp.full_correct)}: {_e(full)}</div>'
+           if full is not None else "")
+        + f'<div class="answer final"><b>Answer from the {len(kept)} kept chunk(s)</b>{_flag(cmp.pruned_correct)}: '
+        f"{answer}</div>{_verdict(cmp)}"
         + f'<p class="muted">Mode: {_e(r.prune.mode)} · kept {r.prune.kept_tokens} of {r.prune.total_tokens} '
         f"context tokens · dropped: {dropped}</p>{''.join(chunks)}</section>"
     )
+
+
+def _flag(ok: bool | None) -> str:
+    """A correct/incorrect tag against the reference answers, or nothing when there are none."""
+    if ok is None:
+        return ""
+    word = "correct" if ok else "incorrect"
+    return f'<span class="flag {word}">{word}</span>'
+
+
+def _verdict(cmp: AnswerComparison) -> str:
+    """The comparison's verdict, with the changed flag as a data attribute for machines."""
+    state = {True: "changed", False: "same", None: "unknown"}[cmp.changed]
+    return f'<p class="verdict {state}" data-changed="{state}">{_e(cmp.verdict)}</p>'
 
 
 def _answer_html(r: QAResult, sid: dict[int, str]) -> str:

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from .qa import QAResult
+from typing import TYPE_CHECKING
+
+from .qa import AnswerComparison, QAResult
+
+if TYPE_CHECKING:
+    from rich.text import Text
 
 
 def rich_console(stderr: bool = False):
@@ -26,22 +31,22 @@ def print_result(console, r: QAResult, bar_width: int = 24) -> None:
     table.add_column("#", justify="right")
     table.add_column("chunk")
     table.add_column("retrieval", justify="right")
-    table.add_column("AT2 score")
+    table.add_column("keep score")
+    table.add_column("AT2", justify="right")
     table.add_column("")
-    finite = [s for s in r.prune.scores if s != float("-inf")]
-    best = max(finite + [1e-12])
-    for i, doc in enumerate(r.retrieved):
-        score = r.prune.scores[i]
-        n = 0 if score == float("-inf") else round(max(0.0, score) / best * bar_width)
+    for i, (doc, frac) in enumerate(zip(r.retrieved, r.bar_fractions())):
+        n = round(frac * bar_width)
         kept = i in r.prune.kept
         bar = Text("█" * n + "·" * (bar_width - n), style="blue" if kept else "dim")
-        bar.append(f" {score:.3f}")
+        bar.append(f" {r.keep_scores[i]:.2f}")
         title = doc.title or doc.id or ""
         table.add_row(str(i + 1), Text(title[:40], style="" if kept else "dim"), f"{r.retrieval_scores[i]:.3f}", bar,
-                      Text("kept", style="green") if kept else Text("dropped", style="dim"))
+                      f"{r.prune.scores[i]:.3f}", Text("kept", style="green") if kept else Text("dropped", style="dim"))
     console.print(table)
+    cmp = r.comparison
     if r.full_context_answer is not None:
-        console.print(Text("Full-context answer: ", style="bold") + Text(r.full_context_answer.strip()))
+        console.print(Text("Full-context answer", style="bold") + _flag(cmp.full_correct) + Text(": ")
+                      + Text(r.full_context_answer.strip()))
     dropped = ", ".join(f"[{i + 1}]" for i in r.dropped) or "none"
     console.print(
         f"Pruned: kept {len(r.kept)} of {len(r.retrieved)} chunks ({r.prune.kept_tokens} of "
@@ -55,7 +60,9 @@ def print_result(console, r: QAResult, bar_width: int = 24) -> None:
         answer.append("".join(f"[{r.kept[d] + 1}]" for d in c.documents), style="bold cyan")
         pos = c.end
     answer.append(r.answer[pos:])
-    console.print(Panel(answer, title="Answer from the kept chunks", title_align="left"))
+    title = Text("Answer from the kept chunks") + _flag(cmp.pruned_correct)
+    console.print(Panel(answer, title=title, title_align="left"))
+    console.print(verdict_text(cmp))
     for c in r.citations:
         if not c.sources:
             continue
@@ -69,3 +76,19 @@ def print_result(console, r: QAResult, bar_width: int = 24) -> None:
             line.append(f"  ({s.score:.3f})", style="dim")
             console.print(line)
     console.print()
+
+
+def _flag(ok: bool | None) -> Text:
+    """' (correct)' / ' (incorrect)' against the reference answers, or nothing when there are none."""
+    from rich.text import Text
+
+    if ok is None:
+        return Text("")
+    return Text(" (correct)" if ok else " (incorrect)", style="green" if ok else "red")
+
+
+def verdict_text(cmp: AnswerComparison) -> Text:
+    """The comparison's verdict, highlighted when pruning changed the answer."""
+    from rich.text import Text
+
+    return Text(cmp.verdict, style="bold yellow" if cmp.changed else "bold" if cmp.changed is False else "dim")

@@ -25,6 +25,7 @@ from safetensors.torch import save_file
 from .ablation import answer_token_logprobs, random_masks, span_targets
 from .attributor import AT2Attributor
 from .data import is_correct, read_jsonl, shuffled_documents, split_of
+from .prompts import encode
 from .estimator import Estimator, ModelIdentity
 
 SHARD_FORMAT = "at2-rag-ablation-shard"
@@ -88,6 +89,144 @@ def build_record(
     return tensors, meta
 
 
+SUPPORT_ORDERS = ("retriever", "shuffled")
+"""Document orders of support data: as retrieved (best first), or shuffled from the example id."""
+
+
+def support_documents(example: dict[str, Any], k: int, order: str, seed: int = 0) -> list[dict[str, Any]]:
+    """The first ``k`` retrieved documents in retriever order, or shuffled (see ``shuffled_documents``)."""
+    if order not in SUPPORT_ORDERS:
+        raise ValueError(f"order must be one of {SUPPORT_ORDERS}, got {order!r}")
+    return list(example["documents"][:k]) if order == "retriever" else shuffled_documents(example, k, seed)
+
+
+def build_support_record(
+    attributor: AT2Attributor,
+    example: dict[str, Any],
+    *,
+    k: int,
+    order: str,
+    n_masks: int,
+    p_keep: float = 0.5,
+    seed: int = 0,
+    batch_size: int = 32,
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
+    """Question-row features and *reference-answer* ablation targets for one example.
+
+    Whole documents are the sources. The features are those of query mode, raw and for the
+    content-free question (``AT2Attributor.query_features``); the targets teacher-force the dataset's
+    reference answer instead of the model's own, so an estimator fitted on them predicts which
+    documents make the model produce the right answer (support), not which ones it happened to use.
+    None when the example has no reference answer.
+    """
+    answers = [a for a in example.get("answers") or [] if isinstance(a, str) and a.strip()]
+    if not answers:
+        return None
+    docs = support_documents(example, k, order, seed)
+    prompt = attributor.prompt(example["question"], docs, "document")
+    raw, null = attributor.query_features(prompt, content_free=True)
+    assert null is not None
+    answer_ids = encode(attributor.tokenizer, answers[0])
+    n_src = len(prompt.sources)
+    masks = random_masks(n_masks, n_src, p_keep, seed=example_seed(seed, f"{example['id']}:{k}:{order}"))
+    all_kept = torch.ones(1, n_src, dtype=torch.bool)
+    logps = answer_token_logprobs(
+        attributor.model, prompt, answer_ids, torch.cat([all_kept, masks]), batch_size=batch_size
+    )
+    targets = span_targets(logps, [range(len(answer_ids))])  # (1 + m, 1)
+    tensors = {
+        "query": raw.to(torch.float16).contiguous(),  # (L, H, S)
+        "query_null": null.to(torch.float16).contiguous(),  # (L, H, S), content-free question
+        "masks": masks.to(torch.uint8),
+        "targets": targets[1:].contiguous(),  # (m, 1)
+        "base": targets[0].contiguous(),  # (1,) every document kept
+    }
+    gold = set(example.get("gold_document_ids") or [])
+    ids = [d.get("id") for d in example["documents"]]
+    meta = {
+        "id": example["id"],
+        "k": k,
+        "order": order,
+        "reference": answers[0],
+        "document_ids": [d.get("id") for d in docs],
+        "gold_positions": [i for i, d in enumerate(docs) if d.get("id") in gold],
+        "retriever_ranks": [ids.index(d.get("id")) for d in docs],
+        "prompt_tokens": len(prompt),
+    }
+    return tensors, meta
+
+
+def generate_support_data(
+    attributor: AT2Attributor,
+    data_path: str | Path,
+    out_dir: str | Path,
+    *,
+    split: str = "train",
+    limit: int | None = None,
+    configs: tuple[tuple[int, str], ...] = ((10, "retriever"), (10, "shuffled"), (5, "shuffled")),
+    n_masks: int = 16,
+    p_keep: float = 0.5,
+    shard_size: int = 64,
+    seed: int = 0,
+    batch_size: int = 32,
+    progress: bool = True,
+) -> list[Path]:
+    """Support shards (one record per example and (k, order) config); resumable like the others."""
+    examples = read_jsonl(data_path, split=split, limit=limit)
+    recipe = {
+        "kind": "support", "data": Path(data_path).name, "split": split,
+        "configs": [list(c) for c in configs], "n_masks": n_masks, "p_keep": p_keep, "seed": seed,
+        "granularity": "document", "target": "reference answer",
+        "model": ModelIdentity.of(attributor.model).name,
+    }
+
+    def records(ex):
+        for k, order in configs:
+            yield build_support_record(
+                attributor, ex, k=k, order=order, n_masks=n_masks, p_keep=p_keep, seed=seed,
+                batch_size=batch_size,
+            )
+
+    return _write_shards(Path(out_dir), examples, recipe, records, shard_size, "support data", progress)
+
+
+def _write_shards(out: Path, examples, recipe, records, shard_size: int, desc: str, progress: bool) -> list[Path]:
+    """Write ``shard-NNNNN.safetensors`` files of the records each example yields; complete shards
+    already on disk are kept, so an interrupted run resumes (a different recipe is refused)."""
+    from tqdm.auto import tqdm
+
+    out.mkdir(parents=True, exist_ok=True)
+    manifest = out / "recipe.json"
+    if manifest.exists() and json.loads(manifest.read_text()) != recipe:
+        raise ValueError(
+            f"{out} holds shards made with another recipe ({manifest}); use a new folder or the same options"
+        )
+    manifest.write_text(json.dumps(recipe, indent=1, sort_keys=True))
+    paths = []
+    bar = tqdm(total=len(examples), desc=desc, unit="ex", disable=not progress)
+    try:
+        for i in range(math.ceil(len(examples) / shard_size)):
+            path = out / f"shard-{i:05d}.safetensors"
+            chunk = examples[i * shard_size : (i + 1) * shard_size]
+            paths.append(path)
+            if path.exists():
+                bar.update(len(chunk))
+                continue
+            tensors, metas = {}, []
+            for ex in chunk:
+                for rec in records(ex):
+                    if rec is None:
+                        continue
+                    j = len(metas)
+                    tensors.update({f"{j}.{name}": t for name, t in rec[0].items()})
+                    metas.append(rec[1])
+                bar.update(1)
+            _save_shard(path, tensors, {"format": SHARD_FORMAT, "recipe": recipe, "examples": metas})
+    finally:
+        bar.close()
+    return paths
+
+
 def generate_training_data(
     attributor: AT2Attributor,
     data_path: str | Path,
@@ -105,52 +244,25 @@ def generate_training_data(
     progress: bool = True,
 ) -> list[Path]:
     """Write shards ``shard-00000.safetensors`` …; existing complete shards are kept (resumable)."""
-    from tqdm.auto import tqdm
-
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     examples = read_jsonl(data_path, split=split, limit=limit)
     recipe = {
         "data": str(data_path), "split": split, "k": k, "n_masks": n_masks, "p_keep": p_keep,
         "max_new_tokens": max_new_tokens, "seed": seed, "granularity": "sentence",
         "model": ModelIdentity.of(attributor.model).name,
     }
-    manifest = out / "recipe.json"
-    if manifest.exists() and json.loads(manifest.read_text()) != recipe:
-        raise ValueError(
-            f"{out} holds shards made with another recipe ({manifest}); use a new folder or the same options"
+
+    def records(ex):
+        yield build_record(
+            attributor, ex, k=k, n_masks=n_masks, p_keep=p_keep,
+            max_new_tokens=max_new_tokens, seed=seed, batch_size=batch_size,
         )
-    manifest.write_text(json.dumps(recipe, indent=1, sort_keys=True))
+
     keep_features = attributor.keep_features
     attributor.keep_features = True
-    paths = []
-    n_shards = math.ceil(len(examples) / shard_size)
-    bar = tqdm(total=len(examples), desc="ablation data", unit="ex", disable=not progress)
     try:
-        for i in range(n_shards):
-            path = out / f"shard-{i:05d}.safetensors"
-            chunk = examples[i * shard_size : (i + 1) * shard_size]
-            paths.append(path)
-            if path.exists():
-                bar.update(len(chunk))
-                continue
-            tensors, metas = {}, []
-            for ex in chunk:
-                rec = build_record(
-                    attributor, ex, k=k, n_masks=n_masks, p_keep=p_keep,
-                    max_new_tokens=max_new_tokens, seed=seed, batch_size=batch_size,
-                )
-                bar.update(1)
-                if rec is None:
-                    continue
-                j = len(metas)
-                tensors.update({f"{j}.{name}": t for name, t in rec[0].items()})
-                metas.append(rec[1])
-            _save_shard(path, tensors, {"format": SHARD_FORMAT, "recipe": recipe, "examples": metas})
+        return _write_shards(Path(out_dir), examples, recipe, records, shard_size, "ablation data", progress)
     finally:
-        bar.close()
         attributor.keep_features = keep_features
-    return paths
 
 
 def _save_shard(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
@@ -170,10 +282,17 @@ def load_records(shard_dir: str | Path) -> list[tuple[dict[str, torch.Tensor], d
     for path in sorted(Path(shard_dir).glob("shard-*.safetensors")):
         with safe_open(str(path), "pt") as fh:
             meta = json.loads(fh.metadata()["at2_rag"])
+            keys = list(fh.keys())
             for j, m in enumerate(meta["examples"]):
-                names = ("features", "query", "masks", "targets", "base", "logp")
-                records.append(({n: fh.get_tensor(f"{j}.{n}") for n in names}, m))
+                prefix = f"{j}."
+                names = [key[len(prefix):] for key in keys if key.startswith(prefix)]
+                records.append(({n: _as_float(fh.get_tensor(prefix + n)) for n in names}, m))
     return records
+
+
+def _as_float(t: torch.Tensor) -> torch.Tensor:
+    """Features stored in float16 (support shards) come back as float32."""
+    return t.to(torch.float32) if t.dtype == torch.float16 else t
 
 
 # -- fitting ----------------------------------------------------------------------------------------
@@ -190,20 +309,24 @@ class Instances:
         return self.features.shape[0]
 
 
-def make_instances(records, kind: str = "answer") -> Instances:
-    """One instance per (example, answer sentence) for ``answer``; per example for ``query``."""
+def make_instances(records, kind: str = "answer", *, calibrated: bool = False) -> Instances:
+    """One instance per (example, answer sentence) for ``answer``; per example for ``query``.
+
+    ``calibrated``: query features minus those of the content-free question (support shards).
+    """
     feats, signs, ys = [], [], []
     shape = None
     for t, _ in records:
         L, H = t["query"].shape[:2]
         shape = (L, H)
         masks = t["masks"].to(torch.float32) * 2 - 1
-        n_spans = t["features"].shape[2]
         if kind == "answer":
+            n_spans = t["features"].shape[2]
             cols = range(n_spans - 1) if n_spans > 1 else range(1)
             items = [(t["features"][:, :, c], t["targets"][:, c]) for c in cols]
         else:
-            items = [(t["query"], t["targets"][:, -1])]
+            x = t["query"] - t["query_null"] if calibrated else t["query"]
+            items = [(x, t["targets"][:, -1])]
         for x, y in items:
             y = y.to(torch.float32)
             if not torch.isfinite(y).all() or y.std() < 1e-6:

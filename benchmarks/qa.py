@@ -28,6 +28,8 @@ import statistics
 import sys
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
 METHODS = ["full", "at2_draft", "at2_query", "embedding", "retriever", "gold", "none"]
 
 
@@ -42,10 +44,9 @@ def run(args) -> None:
 
     examples = [e for e in read_jsonl(args.data, split=args.split) if e.get("gold_rank") is not None]
     examples = examples[: args.limit]
-    done = set()
-    if os.path.exists(args.out):
-        with open(args.out) as fh:
-            done = {json.loads(line)["id"] for line in fh if line.strip()}
+    from pruning_eval import done_ids
+
+    done = done_ids(args.out)
     todo = [e for e in examples if e["id"] not in done]
     print(f"{len(examples)} examples with the gold passage retrieved; {len(done)} done, {len(todo)} to go", flush=True)
     if not todo:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import shutil
@@ -10,7 +12,9 @@ import pytest
 
 from at2_rag.cli import main
 from at2_rag.corpus import sample_questions
+from at2_rag.data import is_correct, normalize_answer
 from at2_rag.demo import run_demo
+from at2_rag.qa import DEFAULT_KEEP, correctness_tally
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_FLAGS = [
@@ -21,19 +25,21 @@ CHROMIUM_FLAGS = [
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
-    """Two demo questions, run as `at2-rag demo` runs them, with the HTML report."""
+    """Two demo questions, run as `at2-rag demo` runs them, with the HTML report and the terminal output."""
     html = tmp_path_factory.mktemp("demo") / "report.html"
-    results = run_demo(questions=2, html=str(html), quiet=True)
-    return results, html
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        results = run_demo(questions=2, html=str(html))
+    return results, html, " ".join(out.getvalue().split())
 
 
 def test_demo_prunes_regenerates_and_cites(demo):
-    results, _ = demo
+    results, _, _ = demo
     questions = sample_questions()
     assert [r.question for r in results] == [q.question for q in questions[:2]]
     for r, q in zip(results, questions):
         ids = [d.id for d in r.retrieved]
-        assert len(ids) == 8 and len(r.kept) == 3 and len(r.dropped) == 5
+        assert len(ids) == 8 and len(r.kept) == DEFAULT_KEEP and len(r.dropped) == 8 - DEFAULT_KEEP
         assert set(q.gold) <= set(ids), "the sample corpus must retrieve the gold passage"
         assert any(ids[i] in q.gold for i in r.kept), f"gold passage pruned away: {r.prune.scores}"
         assert r.prune.kept_tokens < r.prune.total_tokens
@@ -52,10 +58,33 @@ def test_demo_prunes_regenerates_and_cites(demo):
     assert json.loads(json.dumps(africa.to_dict()))["retrieved"][0]["id"] == africa.retrieved[0].id
 
 
+def test_demo_tells_whether_pruning_changed_the_answer(demo):
+    results, html, shown = demo
+    page = html.read_text(encoding="utf-8")
+    for r, q in zip(results, sample_questions()):
+        assert r.references == q.answers
+        changed = normalize_answer(r.full_context_answer) != normalize_answer(r.answer)
+        full_ok, pruned_ok = is_correct(r.full_context_answer, q.answers), is_correct(r.answer, q.answers)
+        data = json.loads(json.dumps(r.to_dict()))
+        assert (data["pruning_changed_answer"], data["full_correct"], data["pruned_correct"]) == (
+            changed, full_ok, pruned_ok)
+        verdict = r.comparison.verdict
+        assert verdict.startswith("Pruning changed the answer" if changed else "Pruning did not change the answer")
+        assert f"full-context answer {'correct' if full_ok else 'incorrect'}" in verdict
+        assert f"pruned answer {'correct' if pruned_ok else 'incorrect'}" in verdict
+        assert verdict in shown and verdict in page
+    tally = correctness_tally([r.comparison for r in results])
+    n_pruned = sum(is_correct(r.answer, r.references) for r in results)
+    n_full = sum(is_correct(r.full_context_answer, r.references) for r in results)
+    assert tally.startswith(f"pruned answer correct in {n_pruned} of 2, full-context answer correct in {n_full} of 2")
+    assert f"Against the reference answers: {tally}" in shown and tally in page
+    assert page.count('class="verdict ') == 2
+
+
 def test_html_report_renders_and_links_in_chromium(demo, tmp_path):
     from playwright.sync_api import sync_playwright
 
-    results, html = demo
+    results, html, _ = demo
     assert os.path.exists(CHROMIUM), "headless Chromium is missing: `apt-get install chromium` (make test does it)"
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
@@ -104,12 +133,15 @@ def test_ask_over_a_folder(tmp_path, capsys, monkeypatch):
     (corpus / "cocoa.txt").write_text("Cocoa beans come from the cacao tree. Ivory Coast grows the most cocoa.")
     html = tmp_path / "ask.html"
     args = ["ask", "Which country grows the most coffee?", "--corpus", str(corpus), "--top-k", "3", "--keep", "1",
-            "--mode", "query", "--max-new-tokens", "24", "--json", "--html", str(html)]
+            "--mode", "query", "--max-new-tokens", "24", "--json", "--html", str(html), "--reference-answer", "Brazil"]
     assert main(args) == 0
     out = json.loads(capsys.readouterr().out)
     kept = [d for d in out["retrieved"] if d["kept"]]
     assert [d["id"] for d in kept] == ["coffee.md#0"]
     assert out["mode"] == "query" and out["full_context_answer"] is None and out["answer"].strip()
+    # Query mode drafts no full-context answer: nothing to compare, but the reference still judges the answer.
+    assert out["pruning_changed_answer"] is None and out["full_correct"] is None
+    assert out["pruned_correct"] is is_correct(out["answer"], ["Brazil"]) and out["reference_answers"] == ["Brazil"]
     assert out["kept_tokens"] < out["retrieved_tokens"]
     assert html.read_text(encoding="utf-8").count('class="chunk ') == 3
     assert len(list((tmp_path / "cache" / "indexes").iterdir())) == 1

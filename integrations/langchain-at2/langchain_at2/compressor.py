@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from typing import Literal, Self
 
 import at2_rag
-from at2_rag import AT2Attributor, KeepPolicy, Pruner, PruneResult
+from at2_rag import DEFAULT_POLICY, AT2Attributor, KeepPolicy, Pruner, PruneResult
 from langchain_core.callbacks import Callbacks
 from langchain_core.documents import BaseDocumentCompressor, Document
 from pydantic import Field, model_validator
@@ -31,14 +31,17 @@ class AT2DocumentCompressor(LocalModelFields, BaseDocumentCompressor):
 
             from langchain_at2 import AT2DocumentCompressor
 
-            compressor = AT2DocumentCompressor(top_k=3)
+            compressor = AT2DocumentCompressor()   # support mode, keeps the best document
             kept = compressor.compress_documents(docs, "Who wrote Hamlet?")
     """
 
-    mode: Literal["draft", "query"] = "draft"
-    """``"draft"``: the local model drafts an answer and its attention while drafting is scored
-    (most faithful). ``"query"``: one prefill pass over the question, no draft (cheaper)."""
-    top_k: int | None = Field(default=3, ge=1)
+    mode: Literal["support", "draft", "query"] = "support"
+    """``"support"``: one prefill pass over the question, scored by the estimator of which documents
+    make the model answer correctly, fused with the retriever's rank (best on answers; see
+    ``at2_rag.pruning``). ``"draft"``: the local model drafts an answer and its attention while
+    drafting is scored (faithful to what the draft used). ``"query"``: one prefill pass scored by the
+    estimator of the model's own answers."""
+    top_k: int | None = Field(default=DEFAULT_POLICY.top_k, ge=1)
     """Keep at most this many documents."""
     threshold: float | None = None
     """Keep only documents scoring at least this."""
@@ -54,7 +57,12 @@ class AT2DocumentCompressor(LocalModelFields, BaseDocumentCompressor):
     """Which sentences of a kept document to keep (default: those with at least half the weight of
     the document's strongest sentence)."""
     query_estimator: str | None = "default"
-    """Estimator for ``mode="query"``: ``"default"`` (shipped), a path, or None (uniform)."""
+    """Estimator for the support and query modes: ``"default"`` (the mode's shipped one), a path, or
+    None (uniform)."""
+    rank_weight: float | None = Field(default=None, ge=0)
+    """Weight of the retriever's rank (the documents' order, best first) in the keep score; None: the
+    mode's default (fitted with the support estimator; 0 in the other modes). Set 0 when the order
+    of the documents says nothing about relevance."""
 
     @model_validator(mode="after")
     def _check_policy(self) -> Self:
@@ -126,16 +134,18 @@ class AT2DocumentCompressor(LocalModelFields, BaseDocumentCompressor):
             query_estimator=self.query_estimator,
             max_new_tokens=self.max_new_tokens,
             sentence_policy=self.sentence_policy if self.sentence_level else None,
+            rank_weight=self.rank_weight,
         )
 
     @staticmethod
     def _build(documents: Sequence[Document], indices: list[int], result: PruneResult) -> list[Document]:
         out = []
+        keep_scores = result.keep_scores or result.scores
         for i in result.kept:
-            doc, score = documents[indices[i]], float(result.scores[i])
+            doc, score, relevance = documents[indices[i]], float(result.scores[i]), float(keep_scores[i])
             if result.sentence_spans is None:
-                out.append(scored_copy(doc, score))
+                out.append(scored_copy(doc, score, relevance=relevance))
                 continue
             spans = [list(span) for span in result.sentence_spans[i]]
-            out.append(scored_copy(doc, score, result.kept_text(i), **{SPANS_KEY: spans}))
+            out.append(scored_copy(doc, score, result.kept_text(i), relevance=relevance, **{SPANS_KEY: spans}))
         return out

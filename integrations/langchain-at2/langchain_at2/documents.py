@@ -13,7 +13,8 @@ from langchain_core.documents import Document
 SCORE_KEY = "attribution_score"
 """Metadata key of the AT2 score of a returned document."""
 RELEVANCE_KEY = "relevance_score"
-"""The same score under the key LangChain rerankers use, so downstream code finds it."""
+"""The score the documents were ranked by (the keep score: attribution fused with retriever rank in
+support mode), under the key LangChain rerankers use, so downstream code finds it."""
 SPANS_KEY = "attribution_spans"
 """Character spans, in the original text, of the sentences kept by sentence-level pruning."""
 
@@ -49,9 +50,13 @@ def to_at2(doc: Document, title_key: str | None = "title") -> at2_rag.Document:
     return at2_rag.Document(text=doc.page_content, title=title, id=doc.id)
 
 
-def scored_copy(doc: Document, score: float, page_content: str | None = None, **extra: Any) -> Document:
-    """A new document with the score in its metadata; the input document is left untouched."""
-    metadata = {**doc.metadata, SCORE_KEY: score, RELEVANCE_KEY: score, **extra}
+def scored_copy(
+    doc: Document, score: float, page_content: str | None = None, *, relevance: float | None = None, **extra: Any
+) -> Document:
+    """A new document with the attribution score and the relevance score (the keep score the
+    documents were ranked by; the attribution score when not given) in its metadata; the input
+    document is left untouched."""
+    metadata = {**doc.metadata, SCORE_KEY: score, RELEVANCE_KEY: score if relevance is None else relevance, **extra}
     return Document(
         page_content=doc.page_content if page_content is None else page_content,
         metadata=metadata,

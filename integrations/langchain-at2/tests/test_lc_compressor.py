@@ -9,6 +9,7 @@ import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 
+import at2_rag
 import pytest
 from at2_rag import AT2Attributor, ContextTooLongError, InputError, KeepPolicy, Pruner
 from langchain_at2 import AT2DocumentCompressor
@@ -66,7 +67,7 @@ def test_query_mode_matches_the_core_pruner(attributor, docs):
 
 
 def test_draft_mode_keeps_the_gold_document_like_the_core(attributor, docs):
-    compressor = AT2DocumentCompressor(attributor=attributor, top_k=1, max_new_tokens=8)
+    compressor = AT2DocumentCompressor(attributor=attributor, mode="draft", top_k=1, max_new_tokens=8)
     out = compressor.compress_documents(docs, QUESTION)
     core = Pruner(attributor, mode="draft", policy=KeepPolicy(top_k=1), max_new_tokens=8).prune(
         QUESTION, TEXTS
@@ -215,3 +216,19 @@ def test_title_metadata_reaches_the_prompt(attributor):
         QUESTION, [{"text": docs[0].page_content, "title": "Eiffel Tower"}]
     )
     assert out.metadata["attribution_score"] == pytest.approx(core.scores[0], abs=1e-7)
+
+
+def test_default_is_support_mode_fused_with_the_retriever_rank(attributor, docs):
+    compressor = AT2DocumentCompressor(attributor=attributor)
+    assert compressor.mode == "support" and compressor.top_k == at2_rag.DEFAULT_POLICY.top_k
+    out = compressor.compress_documents(docs, QUESTION)
+    core = Pruner(attributor).prune(QUESTION, TEXTS)
+    assert [d.id for d in out] == [f"id-{i}" for i in core.kept] == [f"id-{GOLD}"]
+    doc = out[0]
+    assert doc.metadata["attribution_score"] == pytest.approx(core.scores[GOLD], abs=1e-7)
+    assert doc.metadata["relevance_score"] == pytest.approx(core.keep_scores[GOLD], abs=1e-7)
+    # Without the rank term the relevance score is the attribution score.
+    alone = AT2DocumentCompressor(attributor=attributor, rank_weight=0, top_k=2).compress_documents(docs, QUESTION)
+    assert all(d.metadata["relevance_score"] == d.metadata["attribution_score"] for d in alone)
+    with pytest.raises(ValueError):
+        AT2DocumentCompressor(rank_weight=-1)

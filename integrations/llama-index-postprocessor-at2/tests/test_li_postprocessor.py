@@ -7,7 +7,7 @@ import threading
 import warnings
 
 import pytest
-from at2_rag import AT2Attributor, ContextTooLongError, InputError, KeepPolicy, Pruner
+from at2_rag import DEFAULT_POLICY, AT2Attributor, ContextTooLongError, InputError, KeepPolicy, Pruner
 from li_support import GOLD, QUESTION, FixedLLM, make_nodes
 from llama_index.core.bridge.pydantic import ValidationError
 from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle, TextNode
@@ -234,3 +234,16 @@ def test_sentence_level_keeps_the_core_pruners_sentences(attributor, nodes, quer
     later.metadata_mode = MetadataMode.ALL  # set after construction: still refused before scoring
     with pytest.raises(ValueError, match="metadata_mode"):
         later.postprocess_nodes(nodes, query)
+
+
+def test_default_is_support_mode_and_node_score_is_the_keep_score(attributor, nodes, query):
+    pp = AT2Postprocessor(attributor=attributor)
+    assert pp.mode == "support" and pp.top_k == DEFAULT_POLICY.top_k
+    out = pp.postprocess_nodes(nodes, query)
+    core = Pruner(attributor).prune(QUESTION, texts(nodes))
+    assert [n.node_id for n in out] == [nodes[i].node_id for i in core.kept] == [GOLD]
+    i = core.kept[0]
+    assert out[0].score == pytest.approx(core.keep_scores[i], abs=1e-7)
+    assert out[0].node.metadata["attribution_score"] == pytest.approx(core.scores[i], abs=1e-7)
+    alone = AT2Postprocessor(attributor=attributor, rank_weight=0.0, top_k=2).postprocess_nodes(nodes, query)
+    assert all(n.score == n.node.metadata["attribution_score"] for n in alone)

@@ -49,8 +49,12 @@ def annotate(
     *,
     text: Optional[str] = None,
     spans: Optional[Sequence[Tuple[int, int]]] = None,
+    rank_score: Optional[float] = None,
 ) -> NodeWithScore:
     """A copy of ``node`` carrying its attribution score; the caller's node is left untouched.
+
+    ``NodeWithScore.score`` is ``rank_score`` when given (the keep score the pruner ranked by: the
+    attribution fused with the retriever's rank), else the attribution score.
 
     The first score a node arrived with is kept under :data:`RETRIEVAL_SCORE_KEY` (scoring twice
     keeps the retriever's score, not the first attribution), and the added keys are excluded from
@@ -76,7 +80,7 @@ def annotate(
         copy.set_content(text)
         # The copy now holds a subset of the chunk: its offsets in the source file no longer apply.
         copy.start_char_idx = copy.end_char_idx = None
-    return NodeWithScore(node=copy, score=score)
+    return NodeWithScore(node=copy, score=score if rank_score is None else rank_score)
 
 
 def _with_keys(excluded: Sequence[str]) -> List[str]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, List, Literal, Optional, Tuple
 
-from at2_rag import AT2Attributor, Document, KeepPolicy, LazyAttributor, Pruner, PruneResult
+from at2_rag import DEFAULT_POLICY, AT2Attributor, Document, KeepPolicy, LazyAttributor, Pruner, PruneResult
 from llama_index.core.bridge.pydantic import Field, PrivateAttr
 from llama_index.core.postprocessor.types import BaseNodePostprocessor
 from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle
@@ -25,12 +25,14 @@ class AT2Postprocessor(BaseNodePostprocessor):
     call (those fields are then fixed).
     """
 
-    mode: Literal["draft", "query"] = Field(
-        default="draft",
-        description="'draft': the local model drafts an answer and its attention while drafting is "
-        "scored; 'query': one prefill pass scored by the query estimator (cheaper, less faithful).",
+    mode: Literal["support", "draft", "query"] = Field(
+        default="support",
+        description="'support': one prefill pass scored by the estimator of which nodes make the model "
+        "answer correctly, fused with the retriever's rank (best for answers); 'draft': the local model "
+        "drafts an answer and its attention while drafting is scored (faithful to what the draft used); "
+        "'query': one prefill pass scored by the estimator of the model's own answers.",
     )
-    top_k: Optional[int] = Field(default=3, description="Keep at most this many nodes.")
+    top_k: Optional[int] = Field(default=DEFAULT_POLICY.top_k, description="Keep at most this many nodes.")
     threshold: Optional[float] = Field(
         default=None, description="Keep only nodes scoring at least this (estimator units)."
     )
@@ -45,7 +47,16 @@ class AT2Postprocessor(BaseNodePostprocessor):
         default=None, description="Draft length in draft mode (None: the attributor's default)."
     )
     query_estimator: Optional[str] = Field(
-        default="default", description="Estimator for query mode (None: uniform weights)."
+        default="default",
+        description="Estimator for the support and query modes ('default': the mode's shipped one; "
+        "None: uniform weights).",
+    )
+    rank_weight: Optional[float] = Field(
+        default=None,
+        ge=0.0,
+        description="Weight of the retriever's rank (the nodes' order, best first) in the keep score; "
+        "None: the mode's default (fitted with the support estimator; 0 in the other modes). Set 0 "
+        "when the nodes' order says nothing about relevance.",
     )
     metadata_mode: MetadataMode = Field(
         default=MetadataMode.NONE,
@@ -132,6 +143,7 @@ class AT2Postprocessor(BaseNodePostprocessor):
             query_estimator=self.query_estimator,
             max_new_tokens=self.max_new_tokens,
             sentence_policy=self.sentence_policy,
+            rank_weight=self.rank_weight,
         )
 
     def _postprocess_nodes(
@@ -166,11 +178,12 @@ class AT2Postprocessor(BaseNodePostprocessor):
 
 
 def _kept(nodes: List[NodeWithScore], result: PruneResult) -> List[NodeWithScore]:
-    """Annotated copies of the kept nodes, highest attribution score first (holding only their
-    kept sentences with sentence-level pruning)."""
+    """Annotated copies of the kept nodes, highest keep score first (holding only their kept
+    sentences with sentence-level pruning); ``node.score`` is the keep score."""
     out = []
+    keep_scores = result.keep_scores or result.scores
     for i in result.kept:
         spans = None if result.sentence_spans is None else result.sentence_spans[i]
         out.append(annotate(nodes[i], result.scores[i], text=None if spans is None else result.kept_text(i),
-                            spans=spans))
+                            spans=spans, rank_score=keep_scores[i]))
     return out

@@ -1,0 +1,225 @@
+"""Support pruning: content-free calibration, reference-answer ablation data, rank fusion, the
+shipped support estimator and the default pruner."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from at2_rag import DEFAULT_POLICY, AT2Attributor, Estimator, KeepPolicy, Pruner, fused_scores
+from at2_rag.ablation import logit_prob
+from at2_rag.attributor import CONTENT_FREE_QUESTION
+from at2_rag.data import write_jsonl
+from at2_rag.errors import EstimatorError
+from at2_rag.prompts import encode
+from at2_rag.pruning import standardized
+from at2_rag.training import (
+    build_support_record,
+    fit_estimator,
+    generate_support_data,
+    load_records,
+    make_instances,
+    pearson_loss,
+    support_documents,
+    surrogate,
+)
+from tiny_models import tiny_model
+
+SUPPORT_DATA = Path(__file__).resolve().parents[1] / "benchmarks" / "data" / "support-run" / "support"
+DOCS = [
+    {"id": "a", "title": "Kilimanjaro", "text": "Kilimanjaro is the highest mountain in Africa."},
+    {"id": "b", "title": "Everest", "text": "Mount Everest is the highest mountain on Earth. It is in Nepal."},
+    {"id": "c", "title": "Bananas", "text": "Bananas are rich in potassium."},
+]
+
+
+@pytest.fixture(scope="module")
+def tiny_att(tokenizer):
+    return AT2Attributor(tiny_model("llama", vocab_size=len(tokenizer)), tokenizer, estimator=None)
+
+
+def test_content_free_row_equals_a_separate_pass_on_the_null_prompt(tiny_att):
+    prompt = tiny_att.prompt("Which mountain is the highest on Earth?", DOCS)
+    raw, null = tiny_att.query_features(prompt, content_free=True)
+    alone, none = tiny_att.query_features(prompt)
+    null_alone, _ = tiny_att.query_features(tiny_att.prompt(CONTENT_FREE_QUESTION, DOCS))
+    assert none is None
+    assert raw.shape == (3, 4, len(DOCS))
+    torch.testing.assert_close(raw, alone, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(null, null_alone, atol=1e-6, rtol=1e-5)  # padding changed nothing
+    assert not torch.allclose(raw, null)
+
+
+def test_query_features_match_eager_attention(tokenizer):
+    """Independent computation: mean over the question rows of eager attention summed per document."""
+    model = tiny_model("llama", vocab_size=len(tokenizer), attn="eager")
+    prompt = AT2Attributor(tiny_model("llama", vocab_size=len(tokenizer)), tokenizer, estimator=None).prompt(
+        "Which mountain is the highest?", DOCS)
+    with torch.no_grad():
+        out = model(input_ids=torch.tensor([prompt.input_ids]), output_attentions=True)
+    att = torch.stack(out.attentions)[:, 0]  # (L, H, T, T)
+    rows = range(prompt.question_tokens[0], len(prompt))
+    expected = torch.stack(
+        [att[:, :, rows, s.token_start : s.token_end].sum(-1).mean(-1) for s in prompt.sources], dim=-1
+    )
+    got, _ = AT2Attributor(tiny_model("llama", vocab_size=len(tokenizer)), tokenizer, estimator=None).query_features(
+        prompt, content_free=True)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
+
+
+def test_calibrated_estimator_scores_raw_minus_null(tiny_att, tmp_path):
+    w = torch.rand(3, 4)
+    est = Estimator(w, Estimator.uniform(tiny_att.model).model, "query", {"method": "test"}, "content-free")
+    path = est.save(tmp_path / "cal.safetensors")
+    loaded = Estimator.load(path)
+    assert loaded.calibration == "content-free" and loaded.kind == "query"
+    result = tiny_att.score_query("Which mountain is the highest?", DOCS, estimator=loaded)
+    raw, null = tiny_att.query_features(result.prompt, content_free=True)
+    torch.testing.assert_close(result.scores, torch.einsum("lhs,lh->s", raw - null, w))
+
+
+def test_calibration_metadata_is_checked():
+    ident = Estimator.uniform(tiny_model("llama")).model
+    with pytest.raises(EstimatorError, match="calibration"):
+        Estimator(torch.ones(3, 4), ident, "query", {}, "divide")
+    with pytest.raises(EstimatorError, match="only query estimators"):
+        Estimator(torch.ones(3, 4), ident, "answer", {}, "content-free")
+    assert Estimator.load("default").calibration is None  # files written before calibration load
+
+
+def test_support_record_targets_match_direct_masked_passes(tiny_att):
+    ex = {"id": "q1", "question": "Which mountain is the highest?", "documents": DOCS,
+          "answers": ["Mount Everest"], "gold_document_ids": ["b"]}
+    tensors, meta = build_support_record(tiny_att, ex, k=3, order="shuffled", n_masks=4, batch_size=2)
+    docs = support_documents(ex, 3, "shuffled")
+    prompt = tiny_att.prompt(ex["question"], docs)
+    answer = encode(tiny_att.tokenizer, "Mount Everest")
+    assert meta["gold_positions"] == [[d["id"] for d in docs].index("b")]
+    assert meta["retriever_ranks"] == [[d["id"] for d in DOCS].index(d["id"]) for d in docs]
+    ids = torch.tensor([prompt.input_ids + answer])
+    for m, mask in enumerate(tensors["masks"].bool()):
+        keep = torch.ones_like(ids)
+        for s in prompt.sources:
+            if not mask[s.index]:
+                keep[0, s.token_start : s.token_end] = 0
+        with torch.no_grad():
+            logits = tiny_att.model(input_ids=ids, attention_mask=keep).logits[0, len(prompt) - 1 : -1]
+        logp = torch.log_softmax(logits.double(), -1).gather(-1, torch.tensor(answer)[:, None]).sum()
+        assert float(tensors["targets"][m, 0]) == pytest.approx(float(logit_prob(logp)), abs=1e-3)
+    raw, null = tiny_att.query_features(prompt, content_free=True)
+    torch.testing.assert_close(tensors["query"].float(), raw, atol=2e-3, rtol=2e-3)  # stored as float16
+    torch.testing.assert_close(tensors["query_null"].float(), null, atol=2e-3, rtol=2e-3)
+
+
+def test_support_data_is_resumable_and_trains_a_calibrated_estimator(tiny_att, tmp_path):
+    data = tmp_path / "data.jsonl"
+    rows = [{"id": f"q{i}", "question": f"Question number {i}?", "documents": DOCS, "answers": ["Everest"],
+             "gold_document_ids": ["b"]} for i in range(3)]
+    rows.append({"id": "noref", "question": "No reference?", "documents": DOCS})
+    write_jsonl(data, rows)
+    out = tmp_path / "shards"
+    configs = ((3, "retriever"), (2, "shuffled"))
+    paths = generate_support_data(tiny_att, data, out, split=None, configs=configs, n_masks=6,
+                                  shard_size=2, progress=False)
+    records = load_records(out)
+    assert len(records) == 6  # 3 examples with a reference answer × 2 configs
+    assert {(m["k"], m["order"]) for _, m in records} == set(configs)
+    first = paths[0].read_bytes()
+    paths[0].unlink()
+    generate_support_data(tiny_att, data, out, split=None, configs=configs, n_masks=6, shard_size=2,
+                          progress=False)
+    assert paths[0].read_bytes() == first  # deterministic
+    with pytest.raises(ValueError, match="another recipe"):
+        generate_support_data(tiny_att, data, out, split=None, configs=configs, n_masks=5, shard_size=2,
+                              progress=False)
+    raw = make_instances(records, "query")
+    cal = make_instances(records, "query", calibrated=True)
+    t, _ = records[0]
+    k = t["query"].shape[-1]
+    torch.testing.assert_close(cal.features[0, :, :k], (t["query"] - t["query_null"]).reshape(12, k))
+    assert not torch.allclose(raw.features, cal.features)
+
+
+def test_standardized_and_fused_scores_against_numpy():
+    rng = np.random.default_rng(0)
+    s = rng.normal(size=7)
+    z = (s - s.mean()) / s.std()
+    np.testing.assert_allclose(standardized(s.tolist()), z, atol=1e-12)
+    np.testing.assert_allclose(fused_scores(s.tolist(), 2.5), z - 2.5 * np.log1p(np.arange(7)), atol=1e-12)
+    assert fused_scores(s.tolist(), 0) == s.tolist()
+    assert standardized([3.0, 3.0]) == [0.0, 0.0] and standardized([]) == []
+    # A large rank weight reproduces the retriever's order; zero reproduces AT2's.
+    assert KeepPolicy(top_k=7).select(fused_scores(s.tolist(), 1e6)) == list(range(7))
+    assert KeepPolicy(top_k=7).select(fused_scores(s.tolist(), 0)) == list(np.argsort(-s))
+
+
+def test_shipped_support_estimator_and_recipe():
+    est = Estimator.load("default-support")
+    assert est.kind == "query" and est.calibration is None
+    recipe = est.recipe
+    assert recipe["target"].startswith("reference answer")
+    assert recipe["data"]["configs"] == [[10, "retriever"], [10, "shuffled"], [5, "shuffled"]]
+    assert recipe["fusion"]["rank_weight"] > 0
+    assert recipe["validation"]["gold_first_shuffled"] > 0.75  # chance is 0.1
+
+
+@pytest.mark.skipif(not SUPPORT_DATA.exists(), reason="support data not present")
+def test_refit_on_committed_support_data_reproduces_the_shipped_estimator():
+    est = Estimator.load("default-support")
+    train = make_instances(load_records(SUPPORT_DATA / "train"), "query")
+    val = make_instances(load_records(SUPPORT_DATA / "validation"), "query")
+    weights, history = fit_estimator(train, val, steps=est.recipe["fit"]["steps"], log=None)
+    assert history[-1]["val_pearson"] == pytest.approx(est.recipe["validation"]["pearson"], abs=0.01)
+    assert float(torch.nn.functional.cosine_similarity(weights.flatten(), est.weights.flatten(), dim=0)) > 0.99
+    shipped = -float(pearson_loss(surrogate(est.weights.flatten(), val.features, val.signs), val.targets))
+    assert shipped == pytest.approx(est.recipe["validation"]["pearson"], abs=1e-3)
+
+
+def test_pruner_defaults_to_support_mode_with_rank_fusion(attributor):
+    pruner = Pruner(attributor)
+    assert pruner.mode == "support" and pruner.policy == DEFAULT_POLICY
+    result = pruner.prune("What is the highest mountain on Earth?", [d["text"] for d in DOCS])
+    weight = Estimator.load("default-support").recipe["fusion"]["rank_weight"]
+    assert result.keep_scores == pytest.approx(fused_scores(result.scores, weight))
+    assert result.kept == DEFAULT_POLICY.select(result.keep_scores)
+    assert result.draft == ""
+    alone = Pruner(attributor, rank_weight=0).prune("What is the highest mountain on Earth?",
+                                                    [d["text"] for d in DOCS])
+    assert alone.keep_scores == alone.scores == result.scores
+    assert alone.kept == [1]  # the support estimator alone finds the Everest passage
+    with pytest.raises(ValueError, match="rank_weight"):
+        Pruner(attributor, rank_weight=-1.0)
+    with pytest.raises(ValueError, match="rank_weight"):
+        Pruner(attributor, rank_weight=math.inf)
+    assert Pruner(attributor, mode="draft")._rank_weight() == 0.0
+
+
+def test_support_estimator_resists_the_recency_bias(attributor):
+    """The gold passage last or first: the support estimator ranks it first both ways, with no rank."""
+    texts = [d["text"] for d in DOCS]
+    q = "Which country is Mount Everest in?"
+    for order in (texts, texts[::-1]):
+        result = Pruner(attributor, rank_weight=0).prune(q, order)
+        assert order[result.kept[0]] == texts[1], result.scores
+    json.dumps(result.scores)
+
+
+def test_bar_fractions_scale_keep_scores_and_fall_back_to_scores():
+    from types import SimpleNamespace
+
+    from at2_rag.qa import QAResult
+
+    def result(scores, keep):
+        prune = SimpleNamespace(scores=scores, keep_scores=keep)
+        return QAResult("q?", [], [], prune, None, [])  # type: ignore[arg-type]
+
+    r = result([0.1, 0.3, 0.2], [-1.0, 3.0, float("-inf")])
+    assert r.keep_scores == [-1.0, 3.0, float("-inf")]
+    assert r.bar_fractions() == [0.0, 1.0, 0.0]
+    assert result([0.1, 0.3, 0.2], None).bar_fractions() == pytest.approx([0.0, 1.0, 0.5])
+    assert result([0.5, 0.5], [2.0, 2.0]).bar_fractions() == [1.0, 1.0]
