@@ -15,7 +15,7 @@ from .estimator import Estimator, ModelIdentity
 from .lazy import LazyAttributor
 from .models import load_model
 from .prompts import Document, Prompt, Source, build_prompt
-from .pruning import DEFAULT_POLICY, KeepPolicy, Pruner, PruneResult, fused_scores
+from .pruning import DEFAULT_POLICY, RETRIEVAL_RANK_KEY, KeepPolicy, Pruner, PruneResult, fused_scores
 from .sentences import split_sentences
 
 __version__ = "0.1.0"
@@ -40,6 +40,7 @@ __all__ = [
     "ModelNotAvailableError",
     "Prompt",
     "PruneResult",
+    "RETRIEVAL_RANK_KEY",
     "Pruner",
     "ScoredSource",
     "Source",

@@ -42,12 +42,29 @@ def standardized(scores: Sequence[float]) -> list[float]:
     return [0.0] * n if sd == 0 else [(s - mean) / sd for s in scores]
 
 
-def fused_scores(scores: Sequence[float], rank_weight: float) -> list[float]:
-    """Keep scores: standardized AT2 scores minus ``rank_weight · log(1 + rank)``, where a
-    document's rank is its position in the input (documents come in retriever order, best first)."""
+RETRIEVAL_RANK_KEY = "retrieval_rank"
+"""Document metadata key of the retriever's rank (0 = best); when every document has one, fusion uses
+it instead of the input order (so documents may come in any order)."""
+
+
+def fused_scores(
+    scores: Sequence[float], rank_weight: float, ranks: Sequence[int] | None = None
+) -> list[float]:
+    """Keep scores: standardized AT2 scores minus ``rank_weight · log(1 + rank)``; a document's rank
+    is ``ranks[i]`` when given, else its position in the input (retriever order, best first)."""
     if rank_weight == 0:
         return list(scores)
-    return [z - rank_weight * math.log1p(rank) for rank, z in enumerate(standardized(scores))]
+    ranks = range(len(scores)) if ranks is None else ranks
+    return [z - rank_weight * math.log1p(rank) for rank, z in zip(ranks, standardized(scores))]
+
+
+def retriever_ranks(documents: Sequence[Document]) -> list[int] | None:
+    """The documents' ``retrieval_rank`` metadata when every one has a non-negative int, else None
+    (then the input order is the rank)."""
+    ranks = [d.metadata.get(RETRIEVAL_RANK_KEY) for d in documents]
+    if all(isinstance(r, int) and not isinstance(r, bool) and r >= 0 for r in ranks):
+        return ranks  # type: ignore[return-value]
+    return None
 
 
 @dataclass(frozen=True)
@@ -177,10 +194,11 @@ class Pruner:
         policy: the keep policy (default: :data:`DEFAULT_POLICY`).
         query_estimator: estimator of the question rows in support and query modes (default: the
             shipped one of the mode, ``"default-support"`` / ``"default-query"``).
-        rank_weight: weight of the retriever rank in the keep score (:func:`fused_scores`); documents
-            must then come in retriever order, best first. None: the weight fitted with the support
+        rank_weight: weight of the retriever rank in the keep score (:func:`fused_scores`): the
+            documents' ``retrieval_rank`` metadata when all have one, else their order (then they
+            must come in retriever order, best first). None: the weight fitted with the support
             estimator (its recipe's ``fusion.rank_weight``) in support mode, 0 (AT2 scores alone) in
-            the other modes. Pass 0 when the input order says nothing about relevance.
+            the other modes. Pass 0 when neither says anything about relevance.
         max_new_tokens: length of the draft in draft mode.
         sentence_policy: also prune inside kept documents: sources become sentences, documents are
             kept by their summed sentence scores under ``policy``, then each kept document keeps the
@@ -242,7 +260,8 @@ class Pruner:
         lengths = [0] * n_scored
         for s in att.sources:
             lengths[s.document] += s.token_end - s.token_start
-        keep_scores = fused_scores(doc_scores, self._rank_weight())
+        ranks = retriever_ranks(att.prompt.documents)
+        keep_scores = fused_scores(doc_scores, self._rank_weight(), ranks)
         kept = self.policy.select(keep_scores, lengths)
         # Documents dropped to fit the window were never seen: score them -inf, keep none of them.
         dropped = list(att.dropped_documents)

@@ -6,8 +6,9 @@ each; the policy with the highest accuracy (ties: fewer tokens) is the default.
 
 ``--stage test``: on test questions, k = 10 in retriever order and shuffled order, every method keeps
 one passage (the default policy's budget) and the reader answers from it:
-``default`` (support + retriever rank, through ``Pruner``), ``support_only`` (same pass, rank weight 0:
-no retriever information), ``retriever`` (the retriever's top passage — identical to the embedding
+``default`` (support + retriever rank, through ``Pruner``; every document carries its retriever rank in
+its metadata, so the shuffled order does not mislead it), ``support_only`` (same pass, rank weight 0:
+no retriever information at all — the content-only row of the shuffled protocol), ``retriever`` (the retriever's top passage — identical to the embedding
 filter on question similarity, since the retriever *is* exact MiniLM similarity), ``embedding_draft``
 (MiniLM similarity to the full-context draft), ``at2_draft`` (the shipped answer estimator on the
 draft's attention). ``full``, ``gold``, ``none`` answers and the drafts come from
@@ -69,7 +70,7 @@ def load_gpu(run_dir: str):
 def run(args) -> None:
     import torch
 
-    from at2_rag import AT2Attributor, KeepPolicy, Pruner, fused_scores
+    from at2_rag import RETRIEVAL_RANK_KEY, AT2Attributor, KeepPolicy, Pruner, fused_scores
     from at2_rag.data import is_correct, read_jsonl
     from at2_rag.training import support_documents
     from readers import answer_ids_batched
@@ -102,13 +103,15 @@ def run(args) -> None:
     rank_weight = est.recipe["fusion"]["rank_weight"]
     for ex in todo:
         q, gold_ids = ex["question"], set(ex["gold_document_ids"])
+        ranks = {d["id"]: r for r, d in enumerate(ex["documents"])}
         row = {"id": ex["id"], "question": q, "answers": ex["answers"], "orders": {}}
         contexts = {}  # (order, method) -> kept indices (into that order's documents)
         for order in ORDERS:
-            docs = support_documents(ex, 10, order)
+            # Every document carries its retriever rank, so fusion is the same in either order.
+            docs = [{**d, "metadata": {RETRIEVAL_RANK_KEY: ranks[d["id"]]}} for d in support_documents(ex, 10, order)]
             if args.stage == "validation":
                 scores = est.score(stored[(ex["id"], order)]).tolist()
-                fused = fused_scores(scores, rank_weight)
+                fused = fused_scores(scores, rank_weight, [ranks[d["id"]] for d in docs])
                 tokens = [src.token_end - src.token_start for src in att.prompt(q, docs).sources]
                 for n in (1, 2, 3):
                     contexts[(order, f"top{n}")] = KeepPolicy(top_k=n).select(fused)
@@ -118,7 +121,7 @@ def run(args) -> None:
                 fused = pr.keep_scores
                 contexts[(order, "default")] = pr.kept
                 contexts[(order, "support_only")] = KeepPolicy(top_k=1).select(pr.scores)
-                contexts[(order, "retriever")] = [docs.index(ex["documents"][0])]
+                contexts[(order, "retriever")] = [[d["id"] for d in docs].index(ex["documents"][0]["id"])]
                 d = drafts[(ex["id"], order)]
                 if d.get("answer_estimator"):
                     contexts[(order, "at2_draft")] = KeepPolicy(top_k=1).select(d["answer_estimator"])

@@ -223,3 +223,23 @@ def test_bar_fractions_scale_keep_scores_and_fall_back_to_scores():
     assert r.bar_fractions() == [0.0, 1.0, 0.0]
     assert result([0.1, 0.3, 0.2], None).bar_fractions() == pytest.approx([0.0, 1.0, 0.5])
     assert result([0.5, 0.5], [2.0, 2.0]).bar_fractions() == [1.0, 1.0]
+
+
+def test_retrieval_rank_metadata_replaces_the_input_order(attributor):
+    from at2_rag import Document
+    from at2_rag.pruning import retriever_ranks
+
+    texts = [d["text"] for d in DOCS]
+    ranked = [Document(text=t, metadata={"retrieval_rank": r}) for r, t in enumerate(texts)]
+    assert retriever_ranks(ranked) == [0, 1, 2]
+    assert retriever_ranks(ranked[:2] + [Document(text="x")]) is None
+    assert retriever_ranks([Document(text="x", metadata={"retrieval_rank": True})]) is None
+    s = [0.3, 0.1, 0.2]
+    assert fused_scores(s, 1.0, [2, 0, 1]) == pytest.approx(
+        [z - math.log1p(r) for z, r in zip(standardized(s), [2, 0, 1])])
+    q = "What is the highest mountain on Earth?"
+    forward = Pruner(attributor, rank_weight=50.0).prune(q, ranked)
+    backward = Pruner(attributor, rank_weight=50.0).prune(q, ranked[::-1])
+    # A dominant rank weight keeps the retriever's best document in either order.
+    assert forward.documents[forward.kept[0]].text == backward.documents[backward.kept[0]].text == texts[0]
+    assert Pruner(attributor, rank_weight=50.0).prune(q, texts[::-1]).kept == [0]  # no metadata: the order

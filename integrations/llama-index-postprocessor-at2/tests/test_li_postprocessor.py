@@ -247,3 +247,16 @@ def test_default_is_support_mode_and_node_score_is_the_keep_score(attributor, no
     assert out[0].node.metadata["attribution_score"] == pytest.approx(core.scores[i], abs=1e-7)
     alone = AT2Postprocessor(attributor=attributor, rank_weight=0.0, top_k=2).postprocess_nodes(nodes, query)
     assert all(n.score == n.node.metadata["attribution_score"] for n in alone)
+
+
+def test_retriever_scores_give_the_ranks_whatever_the_node_order():
+    from llama_index.postprocessor.at2.nodes import to_documents
+
+    scored = [NodeWithScore(node=TextNode(text=t, id_=i), score=s)
+              for i, t, s in (("a", "one", 0.2), ("b", "two", 0.9), ("c", "three", 0.5))]
+    docs = to_documents(scored, MetadataMode.NONE)
+    assert [d.metadata["retrieval_rank"] for d in docs] == [2, 0, 1]
+    scored[0].node.metadata["retrieval_score"] = 1.0  # scored by AT2 before: the retriever's score counts
+    assert [d.metadata["retrieval_rank"] for d in to_documents(scored, MetadataMode.NONE)] == [0, 1, 2]
+    unscored = [NodeWithScore(node=TextNode(text="x", id_="x")), scored[1]]
+    assert all("retrieval_rank" not in d.metadata for d in to_documents(unscored, MetadataMode.NONE))

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import math
 import warnings
 from typing import List, Optional, Sequence, Tuple
 
-from at2_rag import Document
+from at2_rag import RETRIEVAL_RANK_KEY, Document
 from llama_index.core.schema import MetadataMode, NodeWithScore
 
 RETRIEVAL_SCORE_KEY = "retrieval_score"
@@ -39,8 +40,23 @@ def nodes_with_text(nodes: Sequence[NodeWithScore], metadata_mode: MetadataMode)
 
 
 def to_documents(nodes: Sequence[NodeWithScore], metadata_mode: MetadataMode) -> List[Document]:
-    """One at2-rag document per node, identified by the node id."""
-    return [Document(text=node_text(n, metadata_mode), id=n.node.node_id) for n in nodes]
+    """One at2-rag document per node, identified by the node id; when every node has a retrieval
+    score, each carries its retriever rank (best score 0), so rank fusion does not depend on order."""
+    scores = [retrieval_score(n) for n in nodes]
+    ranks: List[Optional[int]] = [None] * len(nodes)
+    if all(isinstance(s, (int, float)) and not math.isnan(s) for s in scores):
+        for rank, i in enumerate(sorted(range(len(nodes)), key=lambda i: (-scores[i], i))):
+            ranks[i] = rank
+    return [
+        Document(text=node_text(n, metadata_mode), id=n.node.node_id,
+                 metadata={} if r is None else {RETRIEVAL_RANK_KEY: r})
+        for n, r in zip(nodes, ranks)
+    ]
+
+
+def retrieval_score(node: NodeWithScore) -> Optional[float]:
+    """The score the node had before AT2 scored it (the retriever's), if any."""
+    return node.node.metadata.get(RETRIEVAL_SCORE_KEY, node.score)
 
 
 def annotate(
