@@ -18,7 +18,7 @@ win/loss counts with two-sided sign-test p-values and kept-position histograms.
 
     python benchmarks/pruning_eval.py --stage validation --limit 100 --out benchmarks/out/prune-validation.jsonl
     python benchmarks/pruning_eval.py --stage test --limit 200 --out benchmarks/out/prune-test.jsonl
-    python benchmarks/pruning_eval.py --summary benchmarks/out/prune-test.jsonl
+    python benchmarks/pruning_eval.py --summary benchmarks/out/prune-test.jsonl --plot benchmarks/prune-accuracy.png
 """
 
 from __future__ import annotations
@@ -163,7 +163,7 @@ def run(args) -> None:
                          for m, v in o[1]["methods"].items()}, flush=True)
 
 
-def summary(path: str, out_json: str | None) -> dict:
+def summary(path: str, out_json: str | None, plot: str | None = None) -> dict:
     rows = [json.loads(line) for line in open(path) if line.strip()]
     result = {"questions": len(rows), "orders": {}}
     for order in ORDERS:
@@ -212,7 +212,35 @@ def summary(path: str, out_json: str | None) -> dict:
     if out_json:
         with open(out_json, "w") as fh:
             json.dump(result, fh, indent=1)
+    if plot:
+        _plot(result, plot)
     return result
+
+
+def _plot(result: dict, path: str) -> None:
+    """Accuracy against the share of the full context's tokens kept, one panel per document order."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    orders = list(result["orders"])
+    fig, axes = plt.subplots(1, len(orders), figsize=(6.0 * len(orders), 4.2), sharey=True, squeeze=False)
+    for ax, order in zip(axes[0], orders):
+        for m, t in result["orders"][order]["methods"].items():
+            if "token_share" not in t:
+                ax.axhline(t["accuracy"] * 100, ls=":", lw=1, color="grey")
+                ax.annotate(m, (1.0, t["accuracy"] * 100), fontsize=7, color="grey", ha="right", va="bottom")
+                continue
+            ax.errorbar(t["token_share"] * 100, t["accuracy"] * 100, yerr=t["stderr"] * 100, fmt="o", capsize=3,
+                        label=m)
+        ax.set_title(f"{order} order, {result['orders'][order]['n']} questions")
+        ax.set_xlabel("context tokens kept (% of all 10 passages)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="best")
+    axes[0][0].set_ylabel("answer accuracy (%)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
 
 
 def main() -> None:
@@ -225,9 +253,10 @@ def main() -> None:
     ap.add_argument("--out", default=None)
     ap.add_argument("--summary", default=None)
     ap.add_argument("--json", default=None)
+    ap.add_argument("--plot", default=None, help="with --summary: accuracy vs kept tokens (PNG)")
     args = ap.parse_args()
     if args.summary:
-        summary(args.summary, args.json)
+        summary(args.summary, args.json, args.plot)
     else:
         run(args)
 

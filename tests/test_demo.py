@@ -94,7 +94,7 @@ def test_html_report_renders_and_links_in_chromium(demo, tmp_path):
         page.goto(html.as_uri())
         assert page.locator("section.question").count() == 2
         assert page.locator(".chunk").count() == 16
-        assert page.locator(".chunk.dropped").count() == 10
+        assert page.locator(".chunk.dropped").count() == 2 * (8 - DEFAULT_KEEP)
         sentence = page.locator(".ans-sent[data-cites]:not([data-cites=''])").first
         target_ids = sentence.get_attribute("data-cites").split()
         first = page.locator(f"#{target_ids[0]}")
