@@ -37,7 +37,7 @@ from .sentences import split_sentences
 
 SHIPPED_ESTIMATORS = ("default", "default-query", "default-support")
 """Estimators shipped for the default model: answer rows, question rows (the model's own answers),
-and question rows calibrated and trained on reference answers (which sources support the right answer)."""
+and question rows trained on reference answers (which sources support the right answer)."""
 CONTENT_FREE_QUESTION = "N/A"
 """The question of the calibration prompt: asks nothing, so its attention is the positional prior."""
 

@@ -198,7 +198,9 @@ class Pruner:
             documents' ``retrieval_rank`` metadata when all have one, else their order (then they
             must come in retriever order, best first). None: the weight fitted with the support
             estimator (its recipe's ``fusion.rank_weight``) in support mode, 0 (AT2 scores alone) in
-            the other modes. Pass 0 when neither says anything about relevance.
+            the other modes. Pass 0 when neither says anything about relevance. The policy ranks by
+            the keep scores, so with a rank weight its ``threshold``/``relative`` are in keep-score
+            units (standardized, possibly negative): prefer ``top_k`` or ``token_budget`` then.
         max_new_tokens: length of the draft in draft mode.
         sentence_policy: also prune inside kept documents: sources become sentences, documents are
             kept by their summed sentence scores under ``policy``, then each kept document keeps the

@@ -209,6 +209,18 @@ def summary(path: str, out_json: str | None, plot: str | None = None) -> dict:
             if "kept_positions" in t:
                 print(f"  kept positions {m:16s} {t['kept_positions']}")
         print(f"  gold positions {'':16s} {gold_hist}")
+    # Device check: where a CPU answer came from exactly the gold passage, the H200's batched
+    # gold-only answer had the same prompt; the two texts should agree.
+    same = n = 0
+    for r in rows:
+        for o in r["orders"].values():
+            gold = o["methods"].get("gold")
+            for m in o["methods"].values():
+                if gold and "kept" in m and sorted(m["kept"]) == sorted(o["gold_positions"]):
+                    n += 1
+                    same += m["answer"] == gold["answer"]
+    result["cpu_h200_identical_answers"] = {"identical": same, "compared": n}
+    print(f"\nCPU answers from the gold passage alone equal to the H200 batched gold-only answer: {same} of {n}")
     if out_json:
         with open(out_json, "w") as fh:
             json.dump(result, fh, indent=1)
