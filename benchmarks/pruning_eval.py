@@ -242,7 +242,7 @@ def _plot(result: dict, path: str) -> None:
         for m, t in result["orders"][order]["methods"].items():
             if "token_share" not in t:
                 ax.axhline(t["accuracy"] * 100, ls=":", lw=1, color="grey")
-                ax.annotate(m, (1.0, t["accuracy"] * 100), fontsize=7, color="grey", ha="right", va="bottom")
+                ax.annotate(m, (100.0, t["accuracy"] * 100), fontsize=7, color="grey", ha="right", va="bottom")
                 continue
             ax.errorbar(t["token_share"] * 100, t["accuracy"] * 100, yerr=t["stderr"] * 100, fmt="o", capsize=3,
                         label=m)
