@@ -3,7 +3,6 @@ shipped support estimator and the default pruner."""
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -206,7 +205,6 @@ def test_support_estimator_resists_the_recency_bias(attributor):
     for order in (texts, texts[::-1]):
         result = Pruner(attributor, rank_weight=0).prune(q, order)
         assert order[result.kept[0]] == texts[1], result.scores
-    json.dumps(result.scores)
 
 
 def test_bar_fractions_scale_keep_scores_and_fall_back_to_scores():
