@@ -392,6 +392,9 @@ class AT2Attributor:
         capture_from: int | None = None,
         length: int | None = None,
     ) -> capture.AttentionCapture:
+        """A capture of ``rows`` (and everything from ``capture_from``). Without ``length`` it also
+        captures the prompt's question rows (kept as ``query_features``); with ``length`` (a padded
+        batch) only ``rows``, over a membership that long."""
         member = torch.zeros(1, length or len(prompt), len(prompt.sources))
         for s in prompt.sources:
             member[0, s.token_start : s.token_end, s.index] = 1.0

@@ -38,7 +38,7 @@ def run_demo(
     with console.status("Embedding the sample corpus (32 passages on mountains) into a FAISS index ..."):
         index = cached_index(sample_corpus())
     console.print(f"Ready in {time.perf_counter() - t0:.1f} s. Retrieving {k} chunks per question, keeping "
-                  f"the best {keep} by AT2 score ({mode} mode), then answering from those and, to compare, from all "
+                  f"the best {keep} by keep score ({mode} mode), then answering from those and, to compare, from all "
                   f"{k}.\n")
     pipe = RAGPipeline(att, index, k=k, mode=mode, policy=KeepPolicy(top_k=keep), full_answer=True)
     results = []

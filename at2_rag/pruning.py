@@ -142,7 +142,8 @@ class PruneResult:
     """The attribution the scores came from (its ``answer`` is the draft in draft mode)."""
     mode: str = "support"
     keep_scores: list[float] | None = None
-    """The scores the keep policy ranked (AT2 scores fused with retriever rank); None: ``scores``."""
+    """The scores the keep policy ranked (AT2 scores fused with retriever rank); ``scores`` when not
+    given."""
     dropped_for_window: list[int] = field(default_factory=list)
     """Documents left out of scoring to fit the window (``overflow="drop_last"``); never kept."""
     sentence_spans: dict[int, list[tuple[int, int]]] | None = None
@@ -150,6 +151,10 @@ class PruneResult:
     in reading order (None: whole documents are kept)."""
     sentence_tokens: dict[int, int] | None = None
     """With sentence-level pruning: per kept document, the prompt tokens of its kept sentences."""
+
+    def __post_init__(self) -> None:
+        if self.keep_scores is None:
+            self.keep_scores = list(self.scores)
 
     @property
     def dropped(self) -> list[int]:

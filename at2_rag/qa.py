@@ -123,7 +123,7 @@ class QAResult:
     @property
     def keep_scores(self) -> list[float]:
         """The scores the chunks were kept by (AT2 fused with retriever rank in support mode)."""
-        return self.prune.keep_scores or self.prune.scores
+        return self.prune.keep_scores
 
     def bar_fractions(self) -> list[float]:
         """Each chunk's keep score as a 0–1 bar length (lowest finite score 0, highest 1), for every view."""

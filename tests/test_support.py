@@ -207,7 +207,7 @@ def test_support_estimator_resists_the_recency_bias(attributor):
         assert order[result.kept[0]] == texts[1], result.scores
 
 
-def test_bar_fractions_scale_keep_scores_and_fall_back_to_scores():
+def test_bar_fractions_scale_keep_scores_and_keep_scores_default_to_scores():
     from types import SimpleNamespace
 
     from at2_rag.qa import QAResult
@@ -219,7 +219,11 @@ def test_bar_fractions_scale_keep_scores_and_fall_back_to_scores():
     r = result([0.1, 0.3, 0.2], [-1.0, 3.0, float("-inf")])
     assert r.keep_scores == [-1.0, 3.0, float("-inf")]
     assert r.bar_fractions() == [0.0, 1.0, 0.0]
-    assert result([0.1, 0.3, 0.2], None).bar_fractions() == pytest.approx([0.0, 1.0, 0.5])
+    assert result([0.1, 0.3, 0.2], [0.1, 0.3, 0.2]).bar_fractions() == pytest.approx([0.0, 1.0, 0.5])
+    # A PruneResult built without keep scores ranks by its attribution scores.
+    from at2_rag import PruneResult
+
+    assert PruneResult([], [0.2, 0.1], [0], [3, 4], None).keep_scores == [0.2, 0.1]  # type: ignore[arg-type]
     assert result([0.5, 0.5], [2.0, 2.0]).bar_fractions() == [1.0, 1.0]
 
 

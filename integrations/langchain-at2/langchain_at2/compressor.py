@@ -140,7 +140,7 @@ class AT2DocumentCompressor(LocalModelFields, BaseDocumentCompressor):
     @staticmethod
     def _build(documents: Sequence[Document], indices: list[int], result: PruneResult) -> list[Document]:
         out = []
-        keep_scores = result.keep_scores or result.scores
+        keep_scores = result.keep_scores
         for i in result.kept:
             doc, score, relevance = documents[indices[i]], float(result.scores[i]), float(keep_scores[i])
             if result.sentence_spans is None:

@@ -181,7 +181,7 @@ def _kept(nodes: List[NodeWithScore], result: PruneResult) -> List[NodeWithScore
     """Annotated copies of the kept nodes, highest keep score first (holding only their kept
     sentences with sentence-level pruning); ``node.score`` is the keep score."""
     out = []
-    keep_scores = result.keep_scores or result.scores
+    keep_scores = result.keep_scores
     for i in result.kept:
         spans = None if result.sentence_spans is None else result.sentence_spans[i]
         out.append(annotate(nodes[i], result.scores[i], text=None if spans is None else result.kept_text(i),
