@@ -26,9 +26,9 @@ import zipfile
 import numpy as np
 import torch
 
-from at2_rag.ablation import random_masks
-from at2_rag.evaluation import fit_surrogate, spearman
-from at2_rag.evaluation.methods import _seed
+from at2_rag.research.ablation import random_masks
+from at2_rag.research.evaluation import fit_surrogate, spearman
+from at2_rag.research.evaluation.methods import _seed
 
 
 def their_solver(wheel: str):

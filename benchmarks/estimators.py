@@ -17,10 +17,10 @@ import torch
 from tqdm import tqdm
 
 from at2_rag import Estimator, load_model
-from at2_rag.data import read_jsonl, shuffled_documents
-from at2_rag.evaluation import lds, mean_and_stderr, topk_drop
+from at2_rag.research.data import read_jsonl, shuffled_documents
+from at2_rag.research.evaluation import lds, mean_and_stderr, topk_drop
 from at2_rag.prompts import build_prompt, encode
-from at2_rag.training import load_records
+from at2_rag.research.training import load_records
 
 
 def main() -> None:

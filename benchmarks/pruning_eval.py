@@ -71,8 +71,8 @@ def run(args) -> None:
     import torch
 
     from at2_rag import RETRIEVAL_RANK_KEY, AT2Attributor, KeepPolicy, Pruner, fused_scores
-    from at2_rag.data import is_correct, read_jsonl
-    from at2_rag.training import support_documents
+    from at2_rag.research.data import is_correct, read_jsonl
+    from at2_rag.research.training import support_documents
     from readers import answer_ids_batched
 
     torch.manual_seed(0)
@@ -83,18 +83,17 @@ def run(args) -> None:
     todo = [e for e in examples if e["id"] not in done]
     print(f"{len(examples)} {split} questions; {len(done)} done, {len(todo)} to go", flush=True)
     att = AT2Attributor.from_pretrained(max_new_tokens=32)
-    tok = att.tokenizer
     embedder = None
     if args.stage == "test":
         from at2_rag.embeddings import MiniLMEmbedder
-        from at2_rag.retrieval import passage_text
+        from at2_rag.app.retrieval import passage_text
 
         embedder = MiniLMEmbedder()
     stored = {}
     if args.stage == "validation":
         # Validation scores come from the support run's stored question-row features (the same
         # features Pruner computes, there on the GPU), saving a CPU prefill per question and order.
-        from at2_rag.training import load_records
+        from at2_rag.research.training import load_records
 
         for t, m in load_records(os.path.join(args.gpu_run, "support", "validation")):
             stored[(m["id"], m["order"])] = t["query"]

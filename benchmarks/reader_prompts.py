@@ -17,7 +17,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from pruning_eval import sign_test  # noqa: E402
 
-from at2_rag.data import is_correct, read_jsonl  # noqa: E402
+from at2_rag.research.data import is_correct, read_jsonl  # noqa: E402
 
 VARIANTS = ("default", "short", "short_question_first")
 

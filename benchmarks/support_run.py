@@ -58,9 +58,9 @@ def main() -> None:
     import torch
 
     from at2_rag import AT2Attributor
-    from at2_rag.data import read_jsonl
+    from at2_rag.research.data import read_jsonl
     from at2_rag.estimator import Estimator
-    from at2_rag.training import generate_support_data, support_documents
+    from at2_rag.research.training import generate_support_data, support_documents
     from readers import answer_ids_batched, no_context_ids
 
     os.makedirs(args.out, exist_ok=True)

@@ -23,7 +23,7 @@ import torch
 
 from at2_rag.estimator import Estimator
 from at2_rag.pruning import standardized
-from at2_rag.training import fit_estimator, load_records, make_instances, pearson_loss, surrogate
+from at2_rag.research.training import fit_estimator, load_records, make_instances, pearson_loss, surrogate
 
 STEPS = 1000
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from at2_rag import build_prompt, capture
-from at2_rag.ablation import answer_token_logprobs, log1mexp, logit_prob, random_masks, span_targets
+from at2_rag.research.ablation import answer_token_logprobs, log1mexp, logit_prob, random_masks, span_targets
 from at2_rag.prompts import encode
 from tiny_models import tiny_model
 

@@ -10,8 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from at2_rag import Document, InputError
-from at2_rag.corpus import chunk_text, load_folder, sample_corpus, sample_questions
-from at2_rag.retrieval import VectorIndex, cached_index
+from at2_rag.app.corpus import chunk_text, load_folder, sample_corpus, sample_questions
+from at2_rag.app.retrieval import VectorIndex, cached_index
 
 WORDS = st.text(alphabet="abcdefgh", min_size=1, max_size=6)
 SENTENCE = st.lists(WORDS, min_size=1, max_size=12).map(lambda ws: " ".join(ws).capitalize() + ".")

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from at2_rag import InputError
-from at2_rag.data import build_nq_rag, is_correct, read_jsonl, shuffled_documents, split_of, write_jsonl
+from at2_rag.app.nq_rag import build_nq_rag
+from at2_rag.research.data import is_correct, read_jsonl, shuffled_documents, split_of, write_jsonl
 
 NQ = Path(__file__).resolve().parents[2] / "shared" / "data" / "nq_open_dev.jsonl.gz"
 

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from at2_rag.prompts import Document
-from at2_rag.qa import AnswerComparison, QAResult, compare_answers, correctness_tally
-from at2_rag.report import render_html
+from at2_rag.app.pipeline import AnswerComparison, QAResult, compare_answers, correctness_tally
+from at2_rag.app.report import render_html
 
 
 def _result(full: str | None, pruned: str, references: tuple[str, ...] | None = None) -> QAResult:
@@ -104,7 +104,7 @@ def test_html_carries_the_comparison():
 def test_terminal_says_pruning_changed_the_answer():
     from rich.console import Console
 
-    from at2_rag.terminal import print_result
+    from at2_rag.app.terminal import print_result
 
     def shown(r: QAResult) -> str:
         buf = io.StringIO()

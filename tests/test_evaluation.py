@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from at2_rag import InputError
-from at2_rag.ablation import answer_token_logprobs, random_masks, span_targets
-from at2_rag.cli import main
-from at2_rag.data import write_jsonl
-from at2_rag.evaluation import (
+from at2_rag.research.ablation import answer_token_logprobs, random_masks, span_targets
+from at2_rag.app.cli import main
+from at2_rag.research.data import write_jsonl
+from at2_rag.research.evaluation import (
     EvalExample,
     LeaveOneOut,
     fit_surrogate,
@@ -189,10 +189,10 @@ def test_runner_and_cli_end_to_end_and_resume(tmp_path, attributor, capsys, monk
         right = [h for h, r in zip(hits, rows) if r["correct"]]
         assert summary[name]["gold_top1_correct"]["n"] == len(right)
     # Resuming: finished rows are not recomputed.
-    import at2_rag.evaluation.runner as runner
+    import at2_rag.research.evaluation.runner as runner
 
     monkeypatch.setattr(runner, "evaluate_example", lambda *a, **k: pytest.fail("recomputed a finished row"))
-    monkeypatch.setattr("at2_rag.cli._attributor", lambda args, estimator=None, **kw: attributor)
+    monkeypatch.setattr("at2_rag.app.cli._attributor", lambda args, estimator=None, **kw: attributor)
     assert main(["evaluate", "--data", str(data), "--methods", "at2,avg_attention,contextcite:8,loo,retriever",
                  "--split", "all", "--k", "3", "--masks", "8", "--out", out]) == 0
     printed = capsys.readouterr().out

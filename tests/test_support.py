@@ -11,13 +11,13 @@ import pytest
 import torch
 
 from at2_rag import DEFAULT_POLICY, AT2Attributor, Estimator, KeepPolicy, Pruner, fused_scores
-from at2_rag.ablation import logit_prob
+from at2_rag.research.ablation import logit_prob
 from at2_rag.attributor import CONTENT_FREE_QUESTION
-from at2_rag.data import write_jsonl
+from at2_rag.research.data import write_jsonl
 from at2_rag.errors import EstimatorError
 from at2_rag.prompts import encode
 from at2_rag.pruning import standardized
-from at2_rag.training import (
+from at2_rag.research.training import (
     build_support_record,
     fit_estimator,
     generate_support_data,
@@ -210,7 +210,7 @@ def test_support_estimator_resists_the_recency_bias(attributor):
 def test_bar_fractions_scale_keep_scores_and_keep_scores_default_to_scores():
     from types import SimpleNamespace
 
-    from at2_rag.qa import QAResult
+    from at2_rag.app.pipeline import QAResult
 
     def result(scores, keep):
         prune = SimpleNamespace(scores=scores, keep_scores=keep)

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from at2_rag import AT2Attributor, Estimator, ModelIdentity
-from at2_rag import training
-from at2_rag.data import write_jsonl
-from at2_rag.training import (
+from at2_rag.research import training
+from at2_rag.research.data import write_jsonl
+from at2_rag.research.training import (
     Instances,
     fit_estimator,
     generate_training_data,

@@ -17,10 +17,10 @@ from typing import Any
 import torch
 
 from ..ablation import random_masks
-from ..attributor import AT2Attributor
+from ...attributor import AT2Attributor
 from ..data import is_correct, read_jsonl, shuffled_documents
-from ..errors import InputError
-from ..prompts import encode
+from ...errors import InputError
+from ...prompts import encode
 from .methods import EvalExample, Method, _seed, whole_answer_targets
 from .metrics import lds, mean_and_stderr, topk_drop
 

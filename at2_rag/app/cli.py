@@ -15,7 +15,7 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
 
 
 def _attributor(args, estimator=None, **kwargs):
-    from .attributor import AT2Attributor
+    from ..attributor import AT2Attributor
 
     return AT2Attributor.from_pretrained(
         args.model, estimator, device=args.device, dtype=args.dtype, **kwargs
@@ -34,11 +34,11 @@ def cmd_demo(args) -> int:
 
 
 def cmd_ask(args) -> int:
-    from .attributor import AT2Attributor
+    from ..attributor import AT2Attributor
     from .corpus import load_folder
-    from .errors import InputError
-    from .pruning import KeepPolicy
-    from .qa import RAGPipeline
+    from ..errors import InputError
+    from ..pruning import KeepPolicy
+    from .pipeline import RAGPipeline
     from .retrieval import cached_index
     from .terminal import print_result, rich_console
 
@@ -68,8 +68,8 @@ def cmd_ask(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from .errors import InputError
-    from .evaluation import format_table, make_method, run_evaluation
+    from ..errors import InputError
+    from ..research.evaluation import format_table, make_method, run_evaluation
 
     methods = [make_method(m.strip()) for m in args.methods.split(",") if m.strip()]
     if len({m.name for m in methods}) != len(methods):
@@ -85,8 +85,8 @@ def cmd_evaluate(args) -> int:
 
 
 def _add_pipeline_args(p: argparse.ArgumentParser) -> None:
-    from .pruning import MODES
-    from .qa import DEFAULT_KEEP, DEFAULT_RETRIEVE
+    from ..pruning import MODES
+    from .pipeline import DEFAULT_KEEP, DEFAULT_RETRIEVE
 
     p.add_argument("--estimator", default="default", help="'default', a .safetensors file, or 'none' (uniform)")
     p.add_argument("--top-k", type=_positive, default=DEFAULT_RETRIEVE, help="chunks retrieved per question")
@@ -109,7 +109,7 @@ def _positive(text: str) -> int:
 
 
 def cmd_build_nq(args) -> int:
-    from .data import build_nq_rag
+    from .nq_rag import build_nq_rag
 
     stats = build_nq_rag(args.source, args.out, k=args.k)
     print(json.dumps(stats))
@@ -117,7 +117,7 @@ def cmd_build_nq(args) -> int:
 
 
 def cmd_train_data(args) -> int:
-    from .training import generate_training_data
+    from ..research.training import generate_training_data
 
     att = _attributor(args)
     paths = generate_training_data(
@@ -130,9 +130,9 @@ def cmd_train_data(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from .estimator import ModelIdentity
-    from .models import load_model
-    from .training import train_estimator
+    from ..estimator import ModelIdentity
+    from ..models import load_model
+    from ..research.training import train_estimator
 
     model, _ = load_model(args.model, device=args.device, dtype=args.dtype)
     est, _ = train_estimator(
@@ -238,7 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .errors import AT2Error
+    from ..errors import AT2Error
 
     args = build_parser().parse_args(argv)
     if getattr(args, "estimator", None) == "none":

@@ -1,10 +1,10 @@
-"""Rich terminal rendering of a :class:`~at2_rag.qa.QAResult`: scores as bars, answers, citations."""
+"""Rich terminal rendering of a :class:`~at2_rag.app.pipeline.QAResult`: scores as bars, answers, citations."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .qa import AnswerComparison, QAResult
+from .pipeline import AnswerComparison, QAResult
 
 if TYPE_CHECKING:
     from rich.text import Text

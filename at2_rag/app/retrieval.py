@@ -15,9 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from .errors import InputError, ModelNotAvailableError
-from .files import atomic_folder
-from .prompts import Document
+from ..errors import InputError, ModelNotAvailableError
+from ..files import atomic_folder
+from ..prompts import Document
 
 INDEX_FORMAT = 1
 
@@ -110,7 +110,7 @@ def cached_index(documents: Sequence[Document], cache: str | Path | None = None,
 
     ``cache`` is the folder holding cached indexes (default: ``indexes/`` in at2-rag's cache).
     """
-    from .models import cache_dir
+    from ..models import cache_dir
 
     key = hashlib.sha256(
         json.dumps({"embedder": "all-MiniLM-L6-v2", "docs": [_doc_dict(d) for d in documents]},
@@ -136,6 +136,6 @@ def _doc_dict(doc: Document) -> dict[str, Any]:
 
 
 def _default_embedder():
-    from .embeddings import MiniLMEmbedder
+    from ..embeddings import MiniLMEmbedder
 
     return MiniLMEmbedder()

@@ -9,7 +9,7 @@ from __future__ import annotations
 import html
 from collections.abc import Sequence
 
-from .qa import AnswerComparison, QAResult, correctness_tally
+from .pipeline import AnswerComparison, QAResult, correctness_tally
 
 _CSS = """
 body{font:15px/1.5 system-ui,sans-serif;max-width:980px;margin:2em auto;padding:0 1em;color:#1d232a}

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from .errors import InputError
-from .prompts import Document
-from .sentences import split_sentences
+from ..errors import InputError
+from ..prompts import Document
+from ..sentences import split_sentences
 
 DEFAULT_CHUNK_WORDS = 120
 TEXT_SUFFIXES = (".txt", ".md")
@@ -32,14 +32,14 @@ class SampleQuestion:
 
 def sample_corpus() -> list[Document]:
     """The shipped sample corpus: 32 short passages on the world's mountains and their first ascents."""
-    text = resources.files("at2_rag").joinpath("sample/mountains.jsonl").read_text(encoding="utf-8")
+    text = resources.files("at2_rag.app").joinpath("sample/mountains.jsonl").read_text(encoding="utf-8")
     rows = [json.loads(line) for line in text.splitlines() if line.strip()]
     return [Document(text=r["text"], title=r["title"], id=r["id"]) for r in rows]
 
 
 def sample_questions() -> list[SampleQuestion]:
     """Questions on the sample corpus; each needs one or two of its passages."""
-    text = resources.files("at2_rag").joinpath("sample/questions.json").read_text(encoding="utf-8")
+    text = resources.files("at2_rag.app").joinpath("sample/questions.json").read_text(encoding="utf-8")
     return [SampleQuestion(q["question"], tuple(q["answers"]), tuple(q["gold"])) for q in json.loads(text)]
 
 

@@ -22,7 +22,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from .errors import InputError
+from ..errors import InputError
 
 SPLITS = ("train", "validation", "test")
 
@@ -35,14 +35,14 @@ def split_of(example_id: str, fractions: tuple[float, float] = (0.6, 0.2)) -> st
     return "validation" if h < fractions[0] + fractions[1] else "test"
 
 
-def _open(path: str | Path, mode: str = "rt"):
+def open_text(path: str | Path, mode: str = "rt"):
     return gzip.open(path, mode, encoding="utf-8") if str(path).endswith(".gz") else open(path, mode, encoding="utf-8")
 
 
 def read_jsonl(path: str | Path, split: str | None = None, limit: int | None = None) -> list[dict[str, Any]]:
     """Read and validate examples, optionally only one split and at most ``limit`` of them."""
     out = []
-    with _open(path) as fh:
+    with open_text(path) as fh:
         for lineno, line in enumerate(fh, 1):
             if not line.strip():
                 continue
@@ -100,54 +100,6 @@ def is_correct(prediction: str, answers: Iterable[str]) -> bool:
     """True when a normalized gold answer occurs in the normalized prediction."""
     pred = normalize_answer(prediction)
     return any(normalize_answer(a) and normalize_answer(a) in pred for a in answers)
-
-
-def build_nq_rag(
-    source: str | Path,
-    out: str | Path,
-    *,
-    k: int = 10,
-    embedder=None,
-) -> dict[str, Any]:
-    """Turn NQ-Open (question + gold passage per line) into retrieval-augmented examples.
-
-    All gold passages form the pool; each question retrieves its top-``k`` passages with
-    all-MiniLM-L6-v2 and an exact FAISS inner-product index, in retriever order. Records where the
-    gold passage landed (``gold_rank``, None when it was not retrieved).
-    """
-    from .prompts import Document
-    from .retrieval import VectorIndex
-
-    with _open(source) as fh:
-        rows = [json.loads(line) for line in fh if line.strip()]
-    passages: dict[str, dict[str, str]] = {}
-    for row in rows:
-        pid = hashlib.sha256((row["title"] + "\n" + row["text"]).encode()).hexdigest()[:12]
-        row["_pid"] = pid
-        passages.setdefault(pid, {"id": pid, "title": row["title"], "text": row["text"]})
-    pool = list(passages.values())
-    pool_pos = {p["id"]: i for i, p in enumerate(pool)}
-    index = VectorIndex.build([Document(text=p["text"], title=p["title"], id=p["id"]) for p in pool], embedder)
-    hits = [[pool_pos[d.id] for d, _ in row] for row in index.search_many([r["question"] for r in rows], k)]
-    examples, found = [], 0
-    for row, hit in zip(rows, hits):
-        docs = [pool[i] for i in hit]
-        ranks = [i for i, d in enumerate(docs) if d["id"] == row["_pid"]]
-        found += bool(ranks)
-        examples.append(
-            {
-                "id": row["id"],
-                "question": row["question"],
-                "documents": docs,
-                "answers": row["answers"],
-                "gold_document_ids": [row["_pid"]],
-                "gold_rank": ranks[0] if ranks else None,
-                "split": split_of(row["id"]),
-            }
-        )
-    write_jsonl(out, examples)
-    top1 = sum(e["gold_rank"] == 0 for e in examples)
-    return {"examples": len(examples), "pool": len(pool), "gold_retrieved": found, "gold_top1": top1}
 
 
 def shuffled_documents(example: dict[str, Any], k: int, seed: int = 0) -> list[dict[str, Any]]:

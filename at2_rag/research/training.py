@@ -23,10 +23,10 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from .ablation import answer_token_logprobs, random_masks, span_targets
-from .attributor import AT2Attributor
+from ..attributor import AT2Attributor
 from .data import is_correct, read_jsonl, shuffled_documents, split_of
-from .prompts import encode
-from .estimator import Estimator, ModelIdentity
+from ..prompts import encode
+from ..estimator import Estimator, ModelIdentity
 
 SHARD_FORMAT = "at2-rag-ablation-shard"
 

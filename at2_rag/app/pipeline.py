@@ -6,11 +6,11 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from .attributor import AT2Attributor, Attribution
-from .citations import Citation, cite
-from .data import is_correct, normalize_answer
-from .prompts import Document
-from .pruning import DEFAULT_POLICY, KeepPolicy, Mode, Pruner, PruneResult
+from ..attributor import AT2Attributor, Attribution
+from ..citations import Citation, cite
+from ..research.data import is_correct, normalize_answer
+from ..prompts import Document
+from ..pruning import DEFAULT_POLICY, KeepPolicy, Mode, Pruner, PruneResult
 from .retrieval import VectorIndex
 
 DEFAULT_RETRIEVE = 8

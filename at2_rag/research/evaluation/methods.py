@@ -14,10 +14,10 @@ import numpy as np
 import torch
 
 from ..ablation import answer_token_logprobs, random_masks, span_targets
-from ..attributor import AT2Attributor
-from ..errors import InputError
-from ..estimator import Estimator
-from ..prompts import Prompt
+from ...attributor import AT2Attributor
+from ...errors import InputError
+from ...estimator import Estimator
+from ...prompts import Prompt
 
 
 @dataclass
@@ -135,7 +135,7 @@ class EmbeddingSimilarity(Method):
 
     def _score(self, att, ex):
         if self._embedder is None:
-            from ..embeddings import MiniLMEmbedder
+            from ...embeddings import MiniLMEmbedder
 
             self._embedder = MiniLMEmbedder()
         vecs = self._embedder.encode([ex.answer] + [s.text for s in ex.prompt.sources])

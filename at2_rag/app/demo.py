@@ -6,8 +6,8 @@ from __future__ import annotations
 import time
 
 from .corpus import sample_corpus, sample_questions
-from .pruning import KeepPolicy, Mode
-from .qa import DEFAULT_KEEP, DEFAULT_RETRIEVE, QAResult, correctness_tally
+from ..pruning import KeepPolicy, Mode
+from .pipeline import DEFAULT_KEEP, DEFAULT_RETRIEVE, QAResult, correctness_tally
 
 
 def run_demo(
@@ -24,8 +24,8 @@ def run_demo(
     quiet: bool = False,
 ) -> list[QAResult]:
     """Answer the sample questions (the first ``questions``; None for all) and show everything."""
-    from .attributor import AT2Attributor
-    from .qa import RAGPipeline
+    from ..attributor import AT2Attributor
+    from .pipeline import RAGPipeline
     from .retrieval import cached_index
     from .terminal import print_result, rich_console
 

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import torch
 
-from .prompts import Prompt
+from ..prompts import Prompt
 
 
 def log1mexp(x: torch.Tensor) -> torch.Tensor:
