@@ -9,7 +9,8 @@ INTEGRATIONS := integrations/langchain-at2 integrations/llama-index-postprocesso
 demo: $(VENV)/.installed  ## run the main job on the bundled default model (also writes demo-report.html)
 	$(VENV)/bin/at2-rag demo --html demo-report.html
 
-test: $(VENV)/.installed chromium  ## run the test suite (core, both integrations, notebooks, browser check)
+test: $(VENV)/.installed chromium  ## lint, then run the test suite (core, both integrations, notebooks, browser check)
+	$(VENV)/bin/ruff check --no-cache .
 	$(PY) -m pytest -q -p no:cacheprovider
 
 setup: $(VENV)/.installed

@@ -1,7 +1,14 @@
-"""at2-rag: faithful context attribution (AT2) for RAG pipelines — prune context, cite sources."""
+"""at2-rag: faithful context attribution (AT2) for RAG pipelines — prune context, cite sources.
 
-from .attributor import AnswerSentence, AT2Attributor, Attribution, ScoredSource
+The public surface (pinned by ``tests/test_public_api.py``): the core's attribution, pruning and
+citation names, plus the application's RAG pipeline. Integrations import only these names.
+"""
+
+from .app.pipeline import QAResult, RAGPipeline  # noqa: E402,I001  (the application layer, last)
+from .attributor import AT2Attributor
 from .citations import Citation, CitedSource, cite, with_markers
+from .documents import Document, DocumentLike, format_context
+from .embeddings import MiniLMEmbedder
 from .errors import (
     AT2Error,
     ContextTooLongError,
@@ -14,8 +21,10 @@ from .errors import (
 from .estimator import Estimator, ModelIdentity
 from .lazy import LazyAttributor
 from .models import load_model
-from .prompts import Document, Prompt, Source, build_prompt
-from .pruning import DEFAULT_POLICY, RETRIEVAL_RANK_KEY, KeepPolicy, Pruner, PruneResult, fused_scores
+from .policy import CITATION_POLICY, DEFAULT_POLICY, KeepPolicy
+from .prompts import DEFAULT_INSTRUCTION, Granularity, Prompt, Source, build_prompt
+from .pruning import MODES, RETRIEVAL_RANK_KEY, Mode, Pruner, PruneResult, fused_scores
+from .results import AnswerSentence, Attribution, ScoredSource
 from .sentences import split_sentences
 
 __version__ = "0.1.0"
@@ -25,28 +34,38 @@ __all__ = [
     "AT2Error",
     "AnswerSentence",
     "Attribution",
+    "CITATION_POLICY",
     "Citation",
     "CitedSource",
     "ContextTooLongError",
+    "DEFAULT_INSTRUCTION",
     "DEFAULT_POLICY",
     "DeviceError",
     "Document",
+    "DocumentLike",
     "Estimator",
     "EstimatorError",
+    "Granularity",
     "InputError",
     "KeepPolicy",
     "LazyAttributor",
+    "MODES",
+    "MiniLMEmbedder",
+    "Mode",
     "ModelIdentity",
     "ModelNotAvailableError",
     "Prompt",
     "PruneResult",
-    "RETRIEVAL_RANK_KEY",
     "Pruner",
+    "QAResult",
+    "RAGPipeline",
+    "RETRIEVAL_RANK_KEY",
     "ScoredSource",
     "Source",
     "UnsupportedModelError",
     "build_prompt",
     "cite",
+    "format_context",
     "fused_scores",
     "load_model",
     "split_sentences",

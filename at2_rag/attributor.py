@@ -4,146 +4,40 @@ Features for AT2 are the attention rows that *predict* the answer tokens (row t-
 reduced per source and head; the estimator turns them into one score per source. During
 ``generate`` those rows are exactly the prefill's last row and each decode step's row, so a model's
 own answer is attributed with no extra forward pass.
+
+Longer than most modules (~390 lines) for a reason: it is one class whose entry points share the
+capture, scoring and window-fitting internals; prompts, results and estimator resolution live elsewhere.
 """
 
 from __future__ import annotations
 
 import asyncio
+import copy
 import os
 import threading
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 
 from . import capture
-from .errors import ContextTooLongError, EstimatorError, InputError
-from .estimator import Estimator, ModelIdentity
+from .documents import HEADER_WORD, DocumentLike, document_label
+from .errors import ContextTooLongError, InputError
+from .estimator import Estimator
 from .prompts import (
     DEFAULT_INSTRUCTION,
-    HEADER_WORD,
-    DocumentLike,
     Granularity,
     Prompt,
-    Source,
     build_prompt,
     decode,
     encode,
-    token_char_starts,
+    sentence_tokens,
 )
-from .sentences import split_sentences
+from .results import AnswerSentence, Attribution
 
-SHIPPED_ESTIMATORS = ("default", "default-query", "default-support")
-"""Estimators shipped for the default model: answer rows, question rows (the model's own answers),
-and question rows trained on reference answers (which sources support the right answer)."""
 CONTENT_FREE_QUESTION = "N/A"
 """The question of the calibration prompt: asks nothing, so its attention is the positional prior."""
-
-
-@dataclass(frozen=True)
-class ScoredSource:
-    """A source with its attribution score."""
-
-    source: Source
-    score: float
-
-    @property
-    def text(self) -> str:
-        return self.source.text
-
-
-@dataclass(frozen=True)
-class AnswerSentence:
-    """One sentence of the answer: character span in the answer and its per-source scores."""
-
-    text: str
-    start: int
-    end: int
-    scores: torch.Tensor
-    tokens: tuple[int, ...] = ()
-    """Indices of the answer tokens that make up this sentence."""
-
-
-@dataclass
-class Attribution:
-    """Scores of every source for an answer, overall and per answer sentence."""
-
-    prompt: Prompt
-    answer: str
-    scores: torch.Tensor
-    sentences: list[AnswerSentence]
-    method: str
-    extra_forward_passes: int
-    answer_ids: list[int] = field(default_factory=list)
-    features: torch.Tensor | None = field(default=None, repr=False)
-    """Per-token features ``(layers, heads, answer tokens, sources)`` when kept."""
-    query_features: torch.Tensor | None = field(default=None, repr=False)
-    """Features of the prompt's question rows ``(layers, heads, sources)`` when kept."""
-    dropped_documents: list[int] = field(default_factory=list)
-    """Indices of input documents left out to fit the model's window (``overflow="drop_last"``)."""
-
-    @property
-    def sources(self) -> list[Source]:
-        return self.prompt.sources
-
-    def ranked(self, sentence: int | None = None) -> list[ScoredSource]:
-        """All sources, highest score first (for one answer sentence when ``sentence`` is given)."""
-        scores = self.scores if sentence is None else self.sentences[sentence].scores
-        order = torch.argsort(scores, descending=True, stable=True).tolist()
-        return [ScoredSource(self.sources[i], float(scores[i])) for i in order]
-
-    def top_k(self, k: int = 3, sentence: int | None = None) -> list[ScoredSource]:
-        """The ``k`` highest-scoring sources."""
-        return self.ranked(sentence)[:k]
-
-    def document_scores(self) -> torch.Tensor:
-        """Scores summed per document (sources are disjoint, and scores are linear in them)."""
-        out = torch.zeros(len(self.prompt.documents))
-        for src, score in zip(self.sources, self.scores.tolist()):
-            out[src.document] += score
-        return out
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain-Python view (JSON-serialisable)."""
-        docs = self.prompt.documents
-        return {
-            "question": self.prompt.question,
-            "answer": self.answer,
-            "method": self.method,
-            "granularity": self.prompt.granularity,
-            "extra_forward_passes": self.extra_forward_passes,
-            "sources": [
-                {
-                    "index": s.index,
-                    "document": s.document,
-                    "document_id": docs[s.document].id,
-                    "text": s.text,
-                    "start": s.start,
-                    "end": s.end,
-                    "score": float(score),
-                }
-                for s, score in zip(self.sources, self.scores.tolist())
-            ],
-            "sentences": [
-                {"text": s.text, "start": s.start, "end": s.end, "scores": s.scores.tolist()}
-                for s in self.sentences
-            ],
-        }
-
-    def table(self, k: int | None = None, width: int = 60) -> str:
-        """A plain-text table of the ranked sources."""
-        rows = self.ranked()[:k] if k else self.ranked()
-        lines = [f"{'rank':>4}  {'score':>9}  {'doc':>3}  text"]
-        for rank, item in enumerate(rows, 1):
-            text = " ".join(item.text.split())
-            text = text if len(text) <= width else text[: width - 1] + "…"
-            lines.append(f"{rank:>4}  {item.score:>9.4f}  {item.source.document + 1:>3}  {text}")
-        return "\n".join(lines)
-
-    def __str__(self) -> str:
-        return f"Answer: {self.answer}\n{self.table()}"
 
 
 class AT2Attributor:
@@ -184,7 +78,7 @@ class AT2Attributor:
         capture.prepare_model(model)
         self.model = model
         self.tokenizer = tokenizer
-        self.estimator = _resolve_estimator(estimator, model, "answer")
+        self.estimator = Estimator.resolve(estimator, model, "answer")
         self.granularity = granularity
         self.instruction = instruction
         self.system_prompt = system_prompt
@@ -214,6 +108,14 @@ class AT2Attributor:
 
         m, tok = load_model(model, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
         return cls(m, tok, estimator, **kwargs)
+
+    def with_estimator(self, estimator: Estimator | str | None) -> AT2Attributor:
+        """The same model, tokenizer and settings with another answer estimator (shares the weights)."""
+        clone = copy.copy(self)
+        clone.estimator = Estimator.resolve(estimator, self.model, "answer")
+        clone._named_estimators = {}
+        clone._named_lock = threading.Lock()
+        return clone
 
     @property
     def device(self) -> torch.device:
@@ -247,20 +149,22 @@ class AT2Attributor:
         *,
         granularity: Granularity | None = None,
         max_new_tokens: int | None = None,
+        keep_features: bool | None = None,
         **generate_kwargs,
     ) -> Attribution:
         """Answer ``question`` from ``documents`` (greedy by default) and attribute the answer.
 
-        The features are captured while generating: zero extra forward passes.
+        The features are captured while generating: zero extra forward passes. ``keep_features``
+        (default: the attributor's setting) keeps them on the result.
         """
         new_tokens = self.max_new_tokens if max_new_tokens is None else max_new_tokens
         prompt, dropped = self._fitted_prompt(question, documents, granularity, new_tokens, "max_new_tokens")
         ids = torch.tensor([prompt.input_ids], device=self.device)
         cap = self._capture(prompt, capture_from=len(prompt) - 1)
         kwargs = {"do_sample": False, "max_new_tokens": new_tokens, **generate_kwargs}
-        kwargs.setdefault("pad_token_id", self._pad_id())
+        kwargs.setdefault("pad_token_id", self.pad_token_id())
         if self.suppress_header_echo:
-            kwargs.setdefault("begin_suppress_tokens", self._header_start_tokens())
+            kwargs.setdefault("begin_suppress_tokens", self.header_start_tokens())
         if kwargs.get("do_sample") is False:
             # Greedy decoding: silence sampling settings a model's generation config may carry.
             kwargs.update(temperature=None, top_p=None, top_k=None)
@@ -268,8 +172,8 @@ class AT2Attributor:
             out = self.model.generate(
                 input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=True, **kwargs
             )
-        answer_ids = self._strip_stop_tokens(out[0, len(prompt) :].tolist(), kwargs.get("eos_token_id"))
-        return self._result(prompt, answer_ids, cap, extra_passes=0, dropped=dropped)
+        answer_ids = self.strip_stop_tokens(out[0, len(prompt) :].tolist(), kwargs.get("eos_token_id"))
+        return self._result(prompt, answer_ids, cap, 0, dropped, self._keep(keep_features))
 
     @torch.inference_mode()
     def attribute(
@@ -279,6 +183,7 @@ class AT2Attributor:
         answer: str,
         *,
         granularity: Granularity | None = None,
+        keep_features: bool | None = None,
     ) -> Attribution:
         """Attribute an answer produced elsewhere (e.g. by an API model) in one forward pass."""
         if not isinstance(answer, str):
@@ -292,18 +197,18 @@ class AT2Attributor:
         cap = self._capture(prompt, rows=rows)
         with capture.capturing(cap):
             self.model(input_ids=ids, use_cache=False, logits_to_keep=1)
-        return self._result(prompt, answer_ids, cap, extra_passes=1, dropped=dropped)
+        return self._result(prompt, answer_ids, cap, 1, dropped, self._keep(keep_features))
 
     def query_estimator(self, estimator: Estimator | str | None) -> Estimator:
         """The query estimator for ``estimator``; a name or path is read from disk only once per
         attributor (a file replaced on disk later is not re-read)."""
         if not isinstance(estimator, (str, os.PathLike)):
-            return _resolve_estimator(estimator, self.model, "query")
+            return Estimator.resolve(estimator, self.model, "query")
         estimator = os.fspath(estimator)
         with self._named_lock:
             key = (estimator, "query")
             if key not in self._named_estimators:
-                self._named_estimators[key] = _resolve_estimator(estimator, self.model, "query")
+                self._named_estimators[key] = Estimator.resolve(estimator, self.model, "query")
             return self._named_estimators[key]
 
     @torch.inference_mode()
@@ -314,6 +219,7 @@ class AT2Attributor:
         *,
         estimator: Estimator | str | None = None,
         granularity: Granularity | None = None,
+        keep_features: bool | None = None,
     ) -> Attribution:
         """Score sources from one prefill pass, before any answer exists (query mode).
 
@@ -329,11 +235,11 @@ class AT2Attributor:
         return Attribution(
             prompt=prompt,
             answer="",
-            scores=est.score(qf),
+            scores=est.source_scores(qf),
             sentences=[],
             method="at2-query",
             extra_forward_passes=1,
-            query_features=qf if self.keep_features else None,
+            query_features=qf if self._keep(keep_features) else None,
             dropped_documents=dropped,
         )
 
@@ -358,7 +264,7 @@ class AT2Attributor:
                 raise RuntimeError("the content-free prompt does not share the documents' tokens")
             prompts.append(null)
         width = max(len(p) for p in prompts)
-        pad = self._pad_id() or 0
+        pad = self.pad_token_id() or 0
         ids = torch.tensor([p.input_ids + [pad] * (width - len(p)) for p in prompts], device=self.device)
         attn = torch.tensor([[1] * len(p) + [0] * (width - len(p)) for p in prompts], device=self.device)
         first = prompt.question_tokens[0]
@@ -395,9 +301,7 @@ class AT2Attributor:
         """A capture of ``rows`` (and everything from ``capture_from``). Without ``length`` it also
         captures the prompt's question rows (kept as ``query_features``); with ``length`` (a padded
         batch) only ``rows``, over a membership that long."""
-        member = torch.zeros(1, length or len(prompt), len(prompt.sources))
-        for s in prompt.sources:
-            member[0, s.token_start : s.token_end, s.index] = 1.0
+        member = prompt.membership(length)[None]
         query_rows = range(prompt.question_tokens[0], len(prompt)) if length is None else ()
         return capture.AttentionCapture(
             member.to(self.device),
@@ -406,8 +310,12 @@ class AT2Attributor:
             num_layers=self._num_layers,
         )
 
+    def _keep(self, keep_features: bool | None) -> bool:
+        """A call's ``keep_features``, defaulting to the attributor's."""
+        return self.keep_features if keep_features is None else keep_features
+
     def _result(
-        self, prompt: Prompt, answer_ids: list[int], cap, extra_passes: int, dropped: list[int]
+        self, prompt: Prompt, answer_ids: list[int], cap, extra_passes: int, dropped: list[int], keep: bool
     ) -> Attribution:
         """Score the captured rows: answer rows per token and sentence, question rows on request."""
         full, positions = cap.features()[0], cap.positions()  # (L, H, rows, S), (rows,)
@@ -415,11 +323,11 @@ class AT2Attributor:
         feats = full[:, :, answer_rows]  # row t-1 for every answer token t
         is_query = (positions >= prompt.question_tokens[0]) & (positions < len(prompt))
         answer = decode(self.tokenizer, answer_ids)
-        per_token = self.estimator.score(feats)  # (n, S)
+        per_token = self.estimator.source_scores(feats)  # (n, S)
         scores = per_token.mean(dim=0) if answer_ids else torch.zeros(len(prompt.sources))
         sentences = [
             AnswerSentence(answer[s0:s1], s0, s1, per_token[tok].mean(dim=0), tuple(tok))
-            for (s0, s1), tok in _sentence_tokens(self.tokenizer, answer_ids, answer)
+            for (s0, s1), tok in sentence_tokens(self.tokenizer, answer_ids, answer)
         ]
         return Attribution(
             prompt=prompt,
@@ -429,8 +337,8 @@ class AT2Attributor:
             method="at2",
             extra_forward_passes=extra_passes,
             answer_ids=list(answer_ids),
-            features=feats if self.keep_features else None,
-            query_features=full[:, :, is_query].mean(dim=2) if self.keep_features else None,
+            features=feats if keep else None,
+            query_features=full[:, :, is_query].mean(dim=2) if keep else None,
             dropped_documents=dropped,
         )
 
@@ -459,7 +367,7 @@ class AT2Attributor:
                 f"{extra} more, beyond the model's {limit}-token window; split the document into chunks"
             )
         dropped = list(range(len(docs), n_docs))
-        ids = [prompt_doc_id(d, i) for i, d in zip(dropped, documents[len(docs):])]
+        ids = [document_label(d, i) for i, d in zip(dropped, documents[len(docs):])]
         warnings.warn(
             f"the context exceeded the model's {limit}-token window: dropped the last "
             f"{len(dropped)} document(s) {ids} (overflow='drop_last')",
@@ -467,16 +375,18 @@ class AT2Attributor:
         )
         return prompt, dropped
 
-    def _header_start_tokens(self) -> list[int]:
+    # -- token helpers (public: batched readers built on the same model reuse them) --------------
+    def header_start_tokens(self) -> list[int]:
         """Token ids that begin a copy of a document header at the start of an answer."""
         ids = {encode(self.tokenizer, w)[0] for w in (HEADER_WORD, " " + HEADER_WORD)}
         return sorted(ids)
 
-    def _pad_id(self) -> int | None:
+    def pad_token_id(self) -> int | None:
+        """The id that pads batches: the tokenizer's pad token, else its end-of-sequence token."""
         tok = self.tokenizer
         return tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
 
-    def _strip_stop_tokens(self, ids: list[int], eos: int | list[int] | None = None) -> list[int]:
+    def strip_stop_tokens(self, ids: list[int], eos: int | list[int] | None = None) -> list[int]:
         """Cut the generated ids at the first end-of-sequence token (the call's own, if given)."""
         stops = self.model.generation_config.eos_token_id if eos is None else eos
         stops = set(stops if isinstance(stops, list) else [stops]) - {None}
@@ -486,60 +396,3 @@ class AT2Attributor:
             if t in stops:
                 return ids[:i]
         return ids
-
-
-def prompt_doc_id(doc, index: int) -> str:
-    """A document's id for messages: its id when it has one, else its index."""
-    ident = getattr(doc, "id", None) if not isinstance(doc, dict) else doc.get("id")
-    return str(ident) if ident is not None else f"#{index}"
-
-
-def _sentence_tokens(tokenizer, ids: list[int], text: str) -> list[tuple[tuple[int, int], list[int]]]:
-    """Each answer sentence's character span with the answer tokens that overlap it."""
-    if not ids:
-        return []
-    starts = token_char_starts(tokenizer, ids, text)
-    # A token inside a split character starts where the previous clean token started.
-    clean = []
-    for s in starts:
-        clean.append(s if s is not None else (clean[-1] if clean else 0))
-    ends = clean[1:] + [len(text)]
-    out = []
-    for s0, s1 in split_sentences(text):
-        toks = [k for k, (a, b) in enumerate(zip(clean, ends)) if a < s1 and b > s0]
-        if toks:
-            out.append(((s0, s1), toks))
-    return out
-
-
-def _resolve_estimator(estimator, model, kind: str) -> Estimator:
-    """An Estimator from an object, a path / shipped name, or None (uniform)."""
-    if estimator is None:
-        return Estimator.uniform(model, kind)  # type: ignore[arg-type]
-    if isinstance(estimator, str) and estimator in SHIPPED_ESTIMATORS:
-        name = "default-query" if estimator == "default" and kind == "query" else estimator
-        try:
-            est = Estimator.load(name)
-        except FileNotFoundError:
-            warnings.warn(
-                f"no trained {kind} estimator is installed; using uniform weights (average "
-                "attention), which is less faithful",
-                stacklevel=3,
-            )
-            return Estimator.uniform(model, kind)  # type: ignore[arg-type]
-        if est.model.mismatch(ModelIdentity.of(model)):
-            warnings.warn(
-                f"the shipped {kind} estimator was trained for {est.model.name}; the loaded model "
-                "differs, so uniform weights (average attention) are used instead",
-                stacklevel=3,
-            )
-            return Estimator.uniform(model, kind)  # type: ignore[arg-type]
-        return est
-    est = estimator if isinstance(estimator, Estimator) else Estimator.load(estimator)
-    est.check_model(model)
-    if est.kind != kind:
-        raise EstimatorError(
-            f"this is a {est.kind!r} estimator but {kind!r} features are being scored; use a "
-            f"{kind!r} estimator"
-        )
-    return est

@@ -10,7 +10,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from .attributor import Attribution
+from .policy import CITATION_POLICY, KeepPolicy
+from .results import Attribution
 
 
 @dataclass(frozen=True)
@@ -51,33 +52,23 @@ class Citation:
         return {**asdict(self), "sources": [asdict(s) for s in self.sources], "documents": self.documents}
 
 
-def cite(
-    attribution: Attribution,
-    *,
-    max_sources: int = 3,
-    relative: float = 0.5,
-    min_score: float = 0.0,
-) -> list[Citation]:
+def cite(attribution: Attribution, policy: KeepPolicy = CITATION_POLICY) -> list[Citation]:
     """Citations for every answer sentence of ``attribution``.
 
-    A source is cited for a sentence when its score is above ``min_score`` and at least ``relative``
-    × that sentence's best score; at most ``max_sources`` per sentence, strongest first. The defaults
-    cite the clear winners only: a second source must carry at least half the weight of the first.
+    Only sources with a positive score can be cited (a source that scores zero or less drove nothing);
+    among them ``policy`` picks, strongest first. The default (:data:`CITATION_POLICY`) cites the
+    clear winners only: at most 3, a second one carrying at least half the weight of the first.
     """
-    if max_sources < 1:
-        raise ValueError(f"max_sources must be at least 1, got {max_sources}")
-    if not 0.0 <= relative <= 1.0:
-        raise ValueError(f"relative must lie in [0, 1], got {relative}")
+    if not isinstance(policy, KeepPolicy):
+        raise TypeError(f"policy must be a KeepPolicy, got {type(policy).__name__}")
     sources, docs = attribution.sources, attribution.prompt.documents
     out = []
     for sent in attribution.sentences:
         scores = sent.scores.tolist()
-        order = sorted(range(len(scores)), key=lambda i: (-scores[i], i))
-        best = scores[order[0]] if order else 0.0
+        positive = [i for i, s in enumerate(scores) if s > 0]
+        chosen = [positive[j] for j in policy.select([scores[i] for i in positive])]
         cited = []
-        for i in order[:max_sources]:
-            if scores[i] <= min_score or scores[i] < relative * best:
-                break
+        for i in chosen:
             s = sources[i]
             cited.append(CitedSource(i, s.document, docs[s.document].id, s.text, s.start, s.end, scores[i]))
         out.append(Citation(sent.text, sent.start, sent.end, tuple(cited)))

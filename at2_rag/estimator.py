@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -19,6 +19,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .errors import EstimatorError
+from .files import atomic_path
 
 FORMAT_VERSION = 1
 FeatureKind = Literal["answer", "query"]
@@ -26,6 +27,9 @@ CALIBRATIONS: tuple[str | None, ...] = (None, "content-free")
 """How query features are calibrated before scoring: not at all, or minus the features of the same
 prompt asked a content-free question (its positional prior; see ``AT2Attributor.query_features``)."""
 _ESTIMATORS_DIR = Path(__file__).parent / "estimators"
+SHIPPED_ESTIMATORS = ("default", "default-query", "default-support")
+"""Estimators shipped for the default model: answer rows, question rows (the model's own answers),
+and question rows trained on reference answers (which sources support the right answer)."""
 
 
 @dataclass(frozen=True)
@@ -41,14 +45,21 @@ class ModelIdentity:
     @classmethod
     def of(cls, model) -> ModelIdentity:
         """Identity of a loaded transformers model."""
-        config = model.config.get_text_config()
-        archs = getattr(model.config, "architectures", None) or [type(model).__name__]
+        name = str(getattr(model, "name_or_path", "") or getattr(model.config, "_name_or_path", ""))
+        return cls.from_config(model.config, type(model).__name__, name)
+
+    @classmethod
+    def from_config(cls, config, model_class: str, name: str = "") -> ModelIdentity:
+        """Identity from a model's config (no weights needed); ``model_class`` names the architecture
+        when the config does not list one."""
+        text = config.get_text_config()
+        archs = getattr(config, "architectures", None) or [model_class]
         return cls(
             architecture=archs[0],
-            num_layers=int(config.num_hidden_layers),
-            num_heads=int(config.num_attention_heads),
-            vocab_size=int(config.vocab_size),
-            name=str(getattr(model, "name_or_path", "") or getattr(model.config, "_name_or_path", "")),
+            num_layers=int(text.num_hidden_layers),
+            num_heads=int(text.num_attention_heads),
+            vocab_size=int(text.vocab_size),
+            name=name,
         )
 
     def mismatch(self, other: ModelIdentity) -> str | None:
@@ -94,11 +105,42 @@ class Estimator:
         w = torch.full((ident.num_layers, ident.num_heads), 1.0 / n)
         return cls(w, ident, kind, {"method": "uniform"})
 
-    @property
-    def is_uniform(self) -> bool:
-        return self.recipe.get("method") == "uniform"
+    @classmethod
+    def resolve(cls, estimator: Estimator | str | os.PathLike | None, model, kind: FeatureKind) -> Estimator:
+        """The ``kind`` estimator for ``model`` from an Estimator, a path, a shipped name, or None
+        (uniform). A shipped name falls back to uniform weights, with a warning, when it is missing
+        or made for another model; anything else that does not fit raises :class:`EstimatorError`."""
+        if estimator is None:
+            return cls.uniform(model, kind)
+        if isinstance(estimator, str) and estimator in SHIPPED_ESTIMATORS:
+            name = "default-query" if estimator == "default" and kind == "query" else estimator
+            try:
+                est = cls.load(name)
+            except FileNotFoundError:
+                warnings.warn(
+                    f"no trained {kind} estimator is installed; using uniform weights (average "
+                    "attention), which is less faithful",
+                    stacklevel=3,
+                )
+                return cls.uniform(model, kind)
+            if est.model.mismatch(ModelIdentity.of(model)):
+                warnings.warn(
+                    f"the shipped {kind} estimator was trained for {est.model.name}; the loaded model "
+                    "differs, so uniform weights (average attention) are used instead",
+                    stacklevel=3,
+                )
+                return cls.uniform(model, kind)
+            return est
+        est = estimator if isinstance(estimator, Estimator) else cls.load(estimator)
+        est.check_model(model)
+        if est.kind != kind:
+            raise EstimatorError(
+                f"this is a {est.kind!r} estimator but {kind!r} features are being scored; use a "
+                f"{kind!r} estimator"
+            )
+        return est
 
-    def score(self, features: torch.Tensor) -> torch.Tensor:
+    def source_scores(self, features: torch.Tensor) -> torch.Tensor:
         """Scores from features ``(layers, heads, ..., sources)`` → ``(..., sources)``, float32."""
         w = self.weights.to(features.device)
         return torch.einsum("lh...,lh->...", features.to(torch.float32), w)
@@ -127,19 +169,12 @@ class Estimator:
     def save(self, path: str | os.PathLike) -> Path:
         """Write atomically as safetensors with the JSON metadata in its header."""
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-        os.close(fd)
-        try:
+        with atomic_path(path) as tmp:
             save_file(
                 {"weights": self.weights.contiguous()},
-                tmp,
+                str(tmp),
                 metadata={"at2_rag": json.dumps(self.metadata(), sort_keys=True)},
             )
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
         return path
 
     @classmethod

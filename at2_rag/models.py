@@ -15,6 +15,7 @@ import torch
 
 from . import capture
 from .errors import DeviceError, ModelNotAvailableError
+from .estimator import ModelIdentity
 from .files import atomic_folder
 
 DEFAULT_MODEL = "default"
@@ -93,16 +94,7 @@ def load_model(
     torch_dtype = resolve_dtype(dtype, dev)
     attn = capture.register()
     name = str(name_or_path)
-    if name == DEFAULT_MODEL:
-        folder = _cached_default()
-        load_kwargs = {}
-    elif name.endswith(".gguf") or gguf_file:
-        path = Path(name) if name.endswith(".gguf") else Path(name) / str(gguf_file)
-        if not path.is_file():
-            raise ModelNotAvailableError(f"GGUF file {path} does not exist")
-        folder, load_kwargs = str(path.parent), {"gguf_file": path.name}
-    else:
-        folder, load_kwargs = name, {}
+    folder, load_kwargs = _source(name, gguf_file, cached=True)
     tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code, **load_kwargs)
     model = AutoModelForCausalLM.from_pretrained(
         folder,
@@ -119,13 +111,54 @@ def load_model(
     return model, tokenizer
 
 
+def model_identity(
+    name_or_path: str | os.PathLike = DEFAULT_MODEL, *, gguf_file: str | None = None, trust_remote_code: bool = False
+) -> ModelIdentity:
+    """The identity :func:`load_model` would give the model, read from its config alone (no weights
+    are loaded or dequantised): what an estimator trained for it records."""
+    from transformers import AutoConfig
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    name = str(name_or_path)
+    folder, load_kwargs = _source(name, gguf_file, cached=False)
+    config = AutoConfig.from_pretrained(folder, trust_remote_code=trust_remote_code, **load_kwargs)
+    model_class = MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(config.model_type, type(config).__name__)
+    return ModelIdentity.from_config(config, model_class, DEFAULT_NAME if name == DEFAULT_MODEL else str(folder))
+
+
+def _source(name: str, gguf_file: str | None, *, cached: bool) -> tuple[str | Path, dict[str, str]]:
+    """Where ``name``'s files are and the extra loading arguments: the default model's dequantised
+    cache (its GGUF when ``cached`` is false and no cache exists yet), a GGUF file, or a folder / hub id."""
+    if name == DEFAULT_MODEL:
+        folder = _default_cache_folder()
+        if cached or _is_complete(folder):
+            return _cached_default(), {}
+        gguf = default_gguf_path()
+        return gguf.parent, {"gguf_file": gguf.name}
+    if name.endswith(".gguf") or gguf_file:
+        path = Path(name) if name.endswith(".gguf") else Path(name) / str(gguf_file)
+        if not path.is_file():
+            raise ModelNotAvailableError(f"GGUF file {path} does not exist")
+        return str(path.parent), {"gguf_file": path.name}
+    return name, {}
+
+
+def _default_cache_folder() -> Path:
+    """Where the dequantised default model is cached (named for its GGUF file and size)."""
+    gguf = default_gguf_path()
+    tag = hashlib.sha256(f"{gguf.name}:{gguf.stat().st_size}".encode()).hexdigest()[:12]
+    return cache_dir() / "models" / f"SmolLM2-135M-Instruct-{tag}"
+
+
+def _is_complete(folder: Path) -> bool:
+    return (folder / "model.safetensors").is_file() and (folder / "config.json").is_file()
+
+
 def _cached_default() -> Path:
     """Folder with the dequantised default model as safetensors, created on first use."""
     gguf = default_gguf_path()
-    stat = gguf.stat()
-    tag = hashlib.sha256(f"{gguf.name}:{stat.st_size}".encode()).hexdigest()[:12]
-    folder = cache_dir() / "models" / f"SmolLM2-135M-Instruct-{tag}"
-    if (folder / "model.safetensors").is_file() and (folder / "config.json").is_file():
+    folder = _default_cache_folder()
+    if _is_complete(folder):
         return folder
     from safetensors.torch import save_model
     from transformers import AutoModelForCausalLM, AutoTokenizer

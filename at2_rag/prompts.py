@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import threading
 import weakref
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, Literal, Union
 
+import torch
+
+from .documents import Document, DocumentLike, as_documents, document_header
 from .errors import InputError
 from .sentences import split_sentences
 
@@ -25,8 +28,6 @@ DEFAULT_INSTRUCTION = (
     "Answer the question using only the search results below. Answer briefly, in one or two "
     "sentences."
 )
-HEADER_WORD = "Document"
-"""First word of every document's header in the prompt (``Document [n] (Title: ...)``)."""
 _MARKER = "\u2063AT2RAGCONTENT\u2063"
 
 # A fast tokenizer keeps ``split_special_tokens`` as a flag on its shared Rust backend and flips it
@@ -35,19 +36,6 @@ _MARKER = "\u2063AT2RAGCONTENT\u2063"
 # (encoding is a tiny part of an attribution); the table only maps live backends to their locks.
 _ENCODE_LOCKS: weakref.WeakKeyDictionary[Any, threading.Lock] = weakref.WeakKeyDictionary()
 _ENCODE_LOCKS_GUARD = threading.Lock()
-
-
-@dataclass(frozen=True)
-class Document:
-    """A retrieved document (chunk) with an optional title and id."""
-
-    text: str
-    title: str | None = None
-    id: str | None = None
-    metadata: Mapping[str, Any] = field(default_factory=dict)
-
-
-DocumentLike = Union[Document, str, Mapping[str, Any]]
 
 
 @dataclass(frozen=True)
@@ -87,48 +75,13 @@ class Prompt:
     def __len__(self) -> int:
         return len(self.input_ids)
 
-
-def as_document(item: DocumentLike, index: int = 0) -> Document:
-    """Coerce a string, mapping (``text``/``page_content``, ``title``, ``id``) or Document."""
-    if isinstance(item, Document):
-        doc = item
-    elif isinstance(item, str):
-        doc = Document(text=item)
-    elif isinstance(item, Mapping):
-        text = item.get("text", item.get("page_content"))
-        doc = Document(
-            text=text,  # type: ignore[arg-type]
-            title=item.get("title"),
-            id=None if item.get("id") is None else str(item.get("id")),
-            metadata=dict(item.get("metadata") or {}),
-        )
-    else:
-        raise InputError(
-            f"document {index} is a {type(item).__name__}; pass a str, a mapping with 'text', or "
-            "at2_rag.Document"
-        )
-    if not isinstance(doc.text, str):
-        raise InputError(
-            f"document {index} has text of type {type(doc.text).__name__}; document text must be a str"
-        )
-    if not doc.text.strip():
-        raise InputError(
-            f"document {index} is empty or whitespace-only; remove it before attributing (it cannot "
-            "have influenced the answer)"
-        )
-    if doc.title is not None and not isinstance(doc.title, str):
-        raise InputError(f"document {index} has a non-string title; pass a str or None")
-    return doc
-
-
-def as_documents(items: Iterable[DocumentLike]) -> list[Document]:
-    """Validate and coerce a list of documents; at least one is required."""
-    if isinstance(items, (str, Document)) or items is None:
-        raise InputError("documents must be a list of documents, not a single document or None")
-    docs = [as_document(item, i) for i, item in enumerate(items)]
-    if not docs:
-        raise InputError("no documents were given: attribution needs at least one document")
-    return docs
+    def membership(self, length: int | None = None) -> torch.Tensor:
+        """``(tokens, sources)`` 0/1 matrix: which source each prompt token belongs to (header and
+        question tokens belong to none); ``length`` pads it to a longer batch row."""
+        member = torch.zeros(length or len(self), len(self.sources))
+        for s in self.sources:
+            member[s.token_start : s.token_end, s.index] = 1.0
+        return member
 
 
 class _Builder:
@@ -171,8 +124,9 @@ def encode(tokenizer, text: str, *, special: bool = False) -> list[int]:
     return list(ids["input_ids"])
 
 
-def template_parts(tokenizer, system_prompt: str | None = None) -> tuple[str, str, bool]:
-    """The chat template's text before and after the user message, and whether a template exists."""
+def template_parts(tokenizer, system_prompt: str | None = None) -> tuple[str, str]:
+    """The chat template's text before and after the user message (a plain completion layout when
+    the tokenizer has no chat template)."""
     if getattr(tokenizer, "chat_template", None):
         messages = [{"role": "user", "content": _MARKER}]
         if system_prompt is not None:
@@ -180,11 +134,11 @@ def template_parts(tokenizer, system_prompt: str | None = None) -> tuple[str, st
         rendered = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         if rendered.count(_MARKER) == 1:
             before, after = rendered.split(_MARKER)
-            return before, after, True
+            return before, after
     # Documented fallback for tokenizers without a chat template: a plain completion prompt.
     bos = tokenizer.bos_token or ""
     before = bos + (system_prompt + "\n\n" if system_prompt else "")
-    return before, "\nAnswer:", False
+    return before, "\nAnswer:"
 
 
 def build_prompt(
@@ -201,14 +155,13 @@ def build_prompt(
         raise InputError("the question must be a non-empty string")
     _check_granularity(granularity)
     docs = as_documents(documents)
-    before, after, _ = template_parts(tokenizer, system_prompt)
+    before, after = template_parts(tokenizer, system_prompt)
     b = _Builder(tokenizer)
     b.add(before, special=True)
     b.add(instruction + "\n\n")
     sources: list[Source] = []
     for d, doc in enumerate(docs):
-        header = f"{HEADER_WORD} [{d + 1}]" + (f" (Title: {doc.title})" if doc.title else "") + "\n"
-        h_t0, _, h_c0, _ = b.add(header)
+        h_t0, _, h_c0, _ = b.add(document_header(d + 1, doc.title))
         pieces = []  # (char range in doc, token range, char range in prompt, per-token doc offsets)
         for s0, s1 in split_sentences(doc.text):
             t0, t1, c0, c1 = b.add(doc.text[s0:s1])
@@ -292,3 +245,21 @@ def token_char_starts(tokenizer, ids: Sequence[int], text: str) -> list[int | No
 def decode(tokenizer, ids: Sequence[int]) -> str:
     """Decode exactly: special tokens kept, no whitespace clean-up."""
     return tokenizer.decode(list(ids), skip_special_tokens=False, clean_up_tokenization_spaces=False)
+
+
+def sentence_tokens(tokenizer, ids: list[int], text: str) -> list[tuple[tuple[int, int], list[int]]]:
+    """Each sentence of ``text`` (the decoded ``ids``): its character span and the tokens that overlap it."""
+    if not ids:
+        return []
+    starts = token_char_starts(tokenizer, ids, text)
+    # A token inside a split character starts where the previous clean token started.
+    clean = []
+    for s in starts:
+        clean.append(s if s is not None else (clean[-1] if clean else 0))
+    ends = clean[1:] + [len(text)]
+    out = []
+    for s0, s1 in split_sentences(text):
+        toks = [k for k, (a, b) in enumerate(zip(clean, ends)) if a < s1 and b > s0]
+        if toks:
+            out.append(((s0, s1), toks))
+    return out

@@ -21,9 +21,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from .attributor import AT2Attributor, Attribution
+from .attributor import AT2Attributor
+from .documents import Document, DocumentLike, as_documents
 from .estimator import Estimator
-from .prompts import Document, DocumentLike, Granularity, as_documents, encode
+from .policy import DEFAULT_POLICY, KeepPolicy
+from .prompts import Granularity, encode
+from .results import Attribution
 
 Mode = Literal["support", "draft", "query"]
 MODES: tuple[str, ...] = ("support", "draft", "query")
@@ -65,65 +68,6 @@ def retriever_ranks(documents: Sequence[Document]) -> list[int] | None:
     if all(isinstance(r, int) and not isinstance(r, bool) and r >= 0 for r in ranks):
         return ranks  # type: ignore[return-value]
     return None
-
-
-@dataclass(frozen=True)
-class KeepPolicy:
-    """Which scored documents to keep. Every set criterion must hold; ``min_keep`` wins over all.
-
-    Args:
-        top_k: keep at most this many, best first.
-        threshold: keep only documents scoring at least this (scores are the estimator's units).
-        relative: keep only documents scoring at least ``relative`` × the best score (0–1).
-        token_budget: keep documents, best first, while their total tokens stay within this;
-            a document that does not fit is skipped and smaller ones after it may still fit.
-        min_keep: always keep at least this many of the best documents, even when a criterion
-            would drop them (default 1: pruning never returns an empty context unless set to 0).
-    """
-
-    top_k: int | None = None
-    threshold: float | None = None
-    relative: float | None = None
-    token_budget: int | None = None
-    min_keep: int = 1
-
-    def __post_init__(self) -> None:
-        for name in ("top_k", "token_budget", "min_keep"):
-            value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
-                raise ValueError(f"{name} must be a non-negative int or None, got {value!r}")
-        if self.relative is not None and not 0.0 <= self.relative <= 1.0:
-            raise ValueError(f"relative must lie in [0, 1] (a fraction of the best score), got {self.relative!r}")
-        if self.threshold is not None and not math.isfinite(self.threshold):
-            raise ValueError(f"threshold must be a finite number, got {self.threshold!r}")
-
-    def select(self, scores: Sequence[float], lengths: Sequence[int] | None = None) -> list[int]:
-        """Indices of the documents to keep, highest score first (ties keep input order)."""
-        if self.token_budget is not None and (lengths is None or len(lengths) != len(scores)):
-            raise ValueError("a token budget needs one token length per document")
-        order = sorted(range(len(scores)), key=lambda i: (-scores[i], i))
-        if not order:
-            return []
-        best = scores[order[0]]
-        kept: list[int] = []
-        used = 0
-        for i in order:
-            if self.top_k is not None and len(kept) >= self.top_k:
-                break
-            if self.threshold is not None and scores[i] < self.threshold:
-                continue
-            if self.relative is not None and scores[i] < self.relative * best:
-                continue
-            if self.token_budget is not None:
-                assert lengths is not None
-                if used + lengths[i] > self.token_budget:
-                    continue
-                used += lengths[i]
-            kept.append(i)
-        for i in order[: self.min_keep]:  # the guarantee, best first
-            if i not in kept:
-                kept.append(i)
-        return sorted(kept, key=lambda i: (-scores[i], i))
 
 
 @dataclass
@@ -248,7 +192,7 @@ class Pruner:
         """What a source is: sentences with sentence-level pruning, else whole documents."""
         return "document" if self.sentence_policy is None else "sentence"
 
-    def score(self, question: str, documents: Sequence[DocumentLike]) -> Attribution:
+    def attribute(self, question: str, documents: Sequence[DocumentLike]) -> Attribution:
         """The attribution behind the scores (document or sentence granularity)."""
         if self.mode in ("support", "query"):
             return self.attributor.score_query(
@@ -261,7 +205,7 @@ class Pruner:
     def prune(self, question: str, documents: Sequence[DocumentLike]) -> PruneResult:
         """Score ``documents`` for ``question`` and apply the keep policy."""
         docs = as_documents(documents)  # raises InputError on none / empty / non-string documents
-        att = self.score(question, docs)
+        att = self.attribute(question, docs)
         n_scored = len(att.prompt.documents)
         doc_scores = att.document_scores().tolist()
         lengths = [0] * n_scored
@@ -310,8 +254,3 @@ def _kept_sentences(
         spans[d] = [(sents[j][0], sents[j][1]) for j in chosen]
         tokens[d] = sum(sents[j][2] for j in chosen)
     return spans, tokens
-
-
-DEFAULT_POLICY = KeepPolicy(top_k=1)
-"""Keep the single best document: chosen on NQ-RAG validation by the reader's accuracy against
-keeping 2 or 3 (benchmarks/RESULTS.md, "Prune and regenerate")."""

@@ -28,7 +28,7 @@ import torch
 
 from at2_rag.research.ablation import random_masks
 from at2_rag.research.evaluation import fit_surrogate, spearman
-from at2_rag.research.evaluation.methods import _seed
+from at2_rag.research.evaluation.methods import evaluation_seed
 
 
 def their_solver(wheel: str):
@@ -54,7 +54,7 @@ def main() -> None:
     rows = [r for r in rows if len(r.get("surrogate_targets", [])) >= args.n]
     out = []
     for r in rows:
-        masks = random_masks(args.n, r["sources"], 0.5, seed=_seed(r["id"], "contextcite")).numpy()
+        masks = random_masks(args.n, r["sources"], 0.5, seed=evaluation_seed(r["id"], "contextcite")).numpy()
         y = np.asarray(r["surrogate_targets"][: args.n])
         ours, _ = fit_surrogate(masks, y, r["answer_tokens"])
         theirs, _ = solver.fit(masks, y, r["answer_tokens"])

@@ -17,10 +17,10 @@ import torch
 from tqdm import tqdm
 
 from at2_rag import Estimator, load_model
+from at2_rag.prompts import build_prompt, encode
+from at2_rag.research.ablation_data import load_records
 from at2_rag.research.data import read_jsonl, shuffled_documents
 from at2_rag.research.evaluation import lds, mean_and_stderr, topk_drop
-from at2_rag.prompts import build_prompt, encode
-from at2_rag.research.training import load_records
 
 
 def main() -> None:
@@ -42,7 +42,7 @@ def main() -> None:
     rows = []
     for i, (t, meta) in enumerate(tqdm(records, desc="examples")):
         whole = t["features"][:, :, -1]  # whole-answer features (L, H, S)
-        scores = {"uniform": uniform.score(whole), "at2-answer": ans.score(whole), "at2-query": qry.score(t["query"])}
+        scores = {"uniform": uniform.source_scores(whole), "at2-answer": ans.source_scores(whole), "at2-query": qry.source_scores(t["query"])}
         row = {"id": meta["id"], "correct": meta["correct"]}
         y = t["targets"][:, -1]
         for name, s in scores.items():
@@ -81,7 +81,7 @@ def main() -> None:
         json.dump(out, fh, indent=1)
     print(f"{'method':<12} {'LDS':>14} {'top-1 drop':>14} {'top-3 drop':>14} {'gold top-1':>10} {'gold top-1 (correct)':>20}")
     for name in ("uniform", "at2-answer", "at2-query"):
-        def f(k):
+        def f(k, name=name):
             s = summary.get(f"{k}/{name}")
             return f"{s['mean']:.3f} ± {s['stderr']:.3f}" if s else "-"
         g = summary.get(f"gold_top1/{name}", {}).get("mean", float("nan"))

@@ -69,11 +69,11 @@ def load_gpu(run_dir: str):
 
 def run(args) -> None:
     import torch
+    from readers import answer_ids_batched
 
     from at2_rag import RETRIEVAL_RANK_KEY, AT2Attributor, KeepPolicy, Pruner, fused_scores
+    from at2_rag.research.ablation_data import support_documents
     from at2_rag.research.data import is_correct, read_jsonl
-    from at2_rag.research.training import support_documents
-    from readers import answer_ids_batched
 
     torch.manual_seed(0)
     split = "validation" if args.stage == "validation" else "test"
@@ -85,15 +85,15 @@ def run(args) -> None:
     att = AT2Attributor.from_pretrained(max_new_tokens=32)
     embedder = None
     if args.stage == "test":
-        from at2_rag.embeddings import MiniLMEmbedder
         from at2_rag.app.retrieval import passage_text
+        from at2_rag.embeddings import MiniLMEmbedder
 
         embedder = MiniLMEmbedder()
     stored = {}
     if args.stage == "validation":
         # Validation scores come from the support run's stored question-row features (the same
         # features Pruner computes, there on the GPU), saving a CPU prefill per question and order.
-        from at2_rag.research.training import load_records
+        from at2_rag.research.ablation_data import load_records
 
         for t, m in load_records(os.path.join(args.gpu_run, "support", "validation")):
             stored[(m["id"], m["order"])] = t["query"]
@@ -109,7 +109,7 @@ def run(args) -> None:
             # Every document carries its retriever rank, so fusion is the same in either order.
             docs = [{**d, "metadata": {RETRIEVAL_RANK_KEY: ranks[d["id"]]}} for d in support_documents(ex, 10, order)]
             if args.stage == "validation":
-                scores = est.score(stored[(ex["id"], order)]).tolist()
+                scores = est.source_scores(stored[(ex["id"], order)]).tolist()
                 fused = fused_scores(scores, rank_weight, [ranks[d["id"]] for d in docs])
                 tokens = [src.token_end - src.token_start for src in att.prompt(q, docs).sources]
                 for n in (1, 2, 3):

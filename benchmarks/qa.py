@@ -37,10 +37,10 @@ def run(args) -> None:
     import torch
 
     from at2_rag import AT2Attributor, KeepPolicy, Pruner
-    from at2_rag.research.data import is_correct, read_jsonl
+    from at2_rag.app.retrieval import passage_text
     from at2_rag.embeddings import MiniLMEmbedder
     from at2_rag.prompts import Document
-    from at2_rag.app.retrieval import passage_text
+    from at2_rag.research.data import is_correct, read_jsonl
 
     examples = [e for e in read_jsonl(args.data, split=args.split) if e.get("gold_rank") is not None]
     examples = examples[: args.limit]

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from at2_rag.research.data import read_jsonl
+from at2_rag.app.retrieval import passage_text
 from at2_rag.embeddings import MiniLMEmbedder
 from at2_rag.prompts import Document
-from at2_rag.app.retrieval import passage_text
+from at2_rag.research.data import read_jsonl
 
 QUESTIONS = 200
 

@@ -37,14 +37,14 @@ def answer_ids_batched(
 
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     answers: list[str] = [""] * len(prompts)
-    pad = att._pad_id()
+    pad = att.pad_token_id()
     pad = 0 if pad is None else pad
     kwargs = {
         "do_sample": False, "max_new_tokens": max_new_tokens, "pad_token_id": pad,
         "temperature": None, "top_p": None, "top_k": None,
     }
     if att.suppress_header_echo:
-        kwargs["begin_suppress_tokens"] = att._header_start_tokens()
+        kwargs["begin_suppress_tokens"] = att.header_start_tokens()
     for lo in tqdm(range(0, len(order), batch_size), desc="answers", disable=not progress):
         idx = order[lo : lo + batch_size]
         width = max(len(prompts[i]) for i in idx)
@@ -54,5 +54,5 @@ def answer_ids_batched(
             input_ids=ids.to(att.device), attention_mask=mask.to(att.device), use_cache=True, **kwargs
         )
         for row, i in zip(out[:, width:].tolist(), idx):
-            answers[i] = decode(att.tokenizer, att._strip_stop_tokens(row))
+            answers[i] = decode(att.tokenizer, att.strip_stop_tokens(row))
     return answers

@@ -56,12 +56,12 @@ def main() -> None:
     args = ap.parse_args()
 
     import torch
+    from readers import answer_ids_batched, no_context_ids
 
     from at2_rag import AT2Attributor
-    from at2_rag.research.data import read_jsonl
     from at2_rag.estimator import Estimator
-    from at2_rag.research.training import generate_support_data, support_documents
-    from readers import answer_ids_batched, no_context_ids
+    from at2_rag.research.ablation_data import generate_support_data, support_documents
+    from at2_rag.research.data import read_jsonl
 
     os.makedirs(args.out, exist_ok=True)
     t_start = time.time()
@@ -105,7 +105,6 @@ def main() -> None:
                 if r["condition"].startswith("full10_"):
                     drafts[(r["id"], r["condition"][len("full10_"):])] = r["answer"]
         uniform = Estimator.uniform(att.model, "answer")
-        att.keep_features = True
         with open(os.path.join(args.out, "drafts.jsonl"), "w") as fh:
             for split, exs in evals.items():
                 for ex in exs:
@@ -113,9 +112,10 @@ def main() -> None:
                         draft = drafts[(ex["id"], order)]
                         row = {"split": split, "id": ex["id"], "order": order, "draft": draft}
                         if draft.strip():
-                            res = att.attribute(ex["question"], support_documents(ex, 10, order), draft)
+                            res = att.attribute(ex["question"], support_documents(ex, 10, order), draft,
+                                                 keep_features=True)
                             row["answer_estimator"] = res.scores.tolist()
-                            row["uniform"] = uniform.score(res.features).mean(dim=0).tolist()
+                            row["uniform"] = uniform.source_scores(res.features).mean(dim=0).tolist()
                         fh.write(json.dumps(row) + "\n")
         log("drafts done")
 

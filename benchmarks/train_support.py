@@ -23,7 +23,8 @@ import torch
 
 from at2_rag.estimator import Estimator
 from at2_rag.pruning import standardized
-from at2_rag.research.training import fit_estimator, load_records, make_instances, pearson_loss, surrogate
+from at2_rag.research.ablation_data import load_records
+from at2_rag.research.fitting import fit_estimator, make_instances, mask_predictions, pearson_loss
 
 STEPS = 1000
 
@@ -88,7 +89,7 @@ def main() -> None:
             if name.startswith("support") and calibrated != name.endswith("(calibrated)"):
                 continue
             va = make_instances(val, "query", calibrated=calibrated)
-            row = {"val_pearson": -float(pearson_loss(surrogate(weights.flatten(), va.features, va.signs), va.targets))}
+            row = {"val_pearson": -float(pearson_loss(mask_predictions(weights.flatten(), va.features, va.signs), va.targets))}
             for order in ("retriever", "shuffled"):
                 row[f"gold_first_{order}"], row["n"] = gold_first(val, weights, calibrated, order)
             report["methods"][f"{name}{', calibrated' if calibrated and not name.startswith('support') else ''}"] = row

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tiny_models import TINY_ARCHS, tiny_model
 
 from at2_rag import capture
 from at2_rag.errors import UnsupportedModelError
-from tiny_models import TINY_ARCHS, tiny_model
 
 TOL = 1e-5
 

@@ -12,9 +12,9 @@ import pytest
 
 from at2_rag.app.cli import main
 from at2_rag.app.corpus import sample_questions
-from at2_rag.research.data import is_correct, normalize_answer
 from at2_rag.app.demo import run_demo
 from at2_rag.app.pipeline import DEFAULT_KEEP, correctness_tally
+from at2_rag.research.data import is_correct, normalize_answer
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_FLAGS = [

@@ -9,9 +9,9 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from at2_rag.prompts import Document
 from at2_rag.app.pipeline import AnswerComparison, QAResult, compare_answers, correctness_tally
 from at2_rag.app.report import render_html
+from at2_rag.documents import Document
 
 
 def _result(full: str | None, pruned: str, references: tuple[str, ...] | None = None) -> QAResult:

@@ -7,9 +7,9 @@ import pickle
 
 import pytest
 import torch
+from tiny_models import tiny_model
 
 from at2_rag import Estimator, EstimatorError, ModelIdentity
-from tiny_models import tiny_model
 
 IDENT = ModelIdentity("LlamaForCausalLM", 3, 4, 256, "tiny")
 
@@ -28,17 +28,17 @@ def test_round_trip_keeps_weights_and_metadata(tmp_path):
 def test_uniform_is_average_attention():
     model = tiny_model("llama")
     est = Estimator.uniform(model)
-    assert est.weights.shape == (3, 4) and est.is_uniform
+    assert est.weights.shape == (3, 4) and est.recipe["method"] == "uniform"
     feats = torch.rand(3, 4, 5, 6)
-    assert torch.allclose(est.score(feats), feats.mean(dim=(0, 1)))
+    assert torch.allclose(est.source_scores(feats), feats.mean(dim=(0, 1)))
 
 
 def test_score_is_weighted_head_sum():
     w = torch.randn(3, 4)
     feats = torch.rand(3, 4, 7)
     est = Estimator(w, IDENT)
-    brute = sum(w[l, h] * feats[l, h] for l in range(3) for h in range(4))
-    assert torch.allclose(est.score(feats), brute, atol=1e-6)
+    brute = sum(w[layer, h] * feats[layer, h] for layer in range(3) for h in range(4))
+    assert torch.allclose(est.source_scores(feats), brute, atol=1e-6)
 
 
 def test_wrong_shape_rejected():

@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from at2_rag import InputError
-from at2_rag.research.ablation import answer_token_logprobs, random_masks, span_targets
 from at2_rag.app.cli import main
+from at2_rag.prompts import encode
+from at2_rag.research.ablation import answer_token_logprobs, random_masks, span_targets
 from at2_rag.research.data import write_jsonl
 from at2_rag.research.evaluation import (
     EvalExample,
@@ -23,7 +24,6 @@ from at2_rag.research.evaluation import (
     spearman,
     topk_drop,
 )
-from at2_rag.prompts import encode
 
 
 def test_exactly_linear_scores_give_lds_one_and_random_scores_about_zero():
@@ -99,7 +99,7 @@ def example(attributor):
 
 
 def test_leave_one_out_matches_single_ablations(attributor, example):
-    result = LeaveOneOut().score(attributor, example)
+    result = LeaveOneOut().attribute(attributor, example)
     n = len(example.prompt.sources)
     assert result.forward_passes == n + 1
     full = span_targets(answer_token_logprobs(attributor.model, example.prompt, example.answer_ids,
@@ -115,7 +115,7 @@ def test_leave_one_out_matches_single_ablations(attributor, example):
 
 def test_methods_rank_the_gold_sentence_and_report_their_cost(attributor, example):
     names = ["at2", "avg_attention", "contextcite:16", "embedding", "retriever"]
-    res = {n: make_method(n).score(attributor, example) for n in names}
+    res = {n: make_method(n).attribute(attributor, example) for n in names}
     assert [res[n].forward_passes for n in names] == [1, 1, 16, 0, 0]
     for n in ("at2", "contextcite:16", "embedding"):
         assert int(res[n].scores.argmax()) == 2, (n, res[n].scores)
@@ -137,7 +137,7 @@ def test_surrogates_share_one_mask_sequence_and_are_charged_their_own_prefix(att
 
     ex = dataclasses.replace(example, surrogate=None)
     small, large = make_method("contextcite:8"), make_method("contextcite:20")
-    r_small, r_large = small.score(attributor, ex), large.score(attributor, ex)
+    r_small, r_large = small.attribute(attributor, ex), large.attribute(attributor, ex)
     n = len(ex.prompt.sources)
     masks = random_masks(20, n, seed=ex.surrogate.seed)
     assert torch.equal(ex.surrogate.masks(8), masks[:8])  # a prefix of the longer sequence
@@ -152,10 +152,10 @@ def test_surrogates_share_one_mask_sequence_and_are_charged_their_own_prefix(att
     assert r_small.seconds < r_large.seconds and r_large.seconds >= ex.surrogate.seconds(20)
     assert ex.surrogate.seconds(12) == pytest.approx(sum(b[1] for b in ex.surrogate.boundaries[1:3]) / 2)
     # Asking again for fewer masks reuses the computed targets (no new batches).
-    make_method("contextcite:4").score(attributor, ex)
+    make_method("contextcite:4").attribute(attributor, ex)
     assert len(ex.surrogate.boundaries) == 4
     # Extending from 20 keeps the batch grid: 20-24, 24-28 (what 28 masks cost alone, batch by batch).
-    make_method("contextcite:28").score(attributor, ex)
+    make_method("contextcite:28").attribute(attributor, ex)
     assert [b[0] for b in ex.surrogate.boundaries] == [0, 8, 16, 20, 24, 28]
 
 

@@ -7,8 +7,7 @@ import importlib.util
 import pytest
 import torch
 
-from at2_rag import DeviceError, ModelNotAvailableError, load_model
-from at2_rag import models
+from at2_rag import DeviceError, ModelNotAvailableError, load_model, models
 
 
 def test_missing_default_package_names_install_command(monkeypatch):
@@ -70,3 +69,24 @@ def test_dtype_resolution():
 def test_cache_dir_env_override(monkeypatch, tmp_path):
     monkeypatch.setenv("AT2_RAG_CACHE", str(tmp_path))
     assert models.cache_dir() == tmp_path
+
+
+def test_model_identity_from_config_equals_the_loaded_models(default_model, tmp_path, monkeypatch):
+    """``model_identity`` reads only the config, yet gives what an estimator trained on the loaded
+    model records: for the default model (cached or straight from its GGUF) and a saved folder."""
+    from at2_rag import ModelIdentity
+
+    loaded = ModelIdentity.of(default_model[0])
+    assert models.model_identity("default") == loaded
+    monkeypatch.setenv("AT2_RAG_CACHE", str(tmp_path / "empty-cache"))  # no dequantised copy yet
+    assert models.model_identity("default") == loaded
+    assert not (tmp_path / "empty-cache").exists(), "reading the identity must not dequantise the model"
+
+    from tiny_models import tiny_model
+
+    tiny = tiny_model("qwen2")
+    tiny.save_pretrained(tmp_path / "tiny")
+    from transformers import AutoModelForCausalLM
+
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "tiny")
+    assert models.model_identity(tmp_path / "tiny") == ModelIdentity.of(reloaded)

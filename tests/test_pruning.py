@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+from types import SimpleNamespace
 
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from at2_rag import InputError, KeepPolicy, Pruner, cite, with_markers
-from at2_rag.attributor import AnswerSentence, Attribution
+from at2_rag import Document, InputError, KeepPolicy, Pruner, cite, with_markers
+from at2_rag.results import AnswerSentence, Attribution
 
 DOCS = [
     "The Eiffel Tower is located in Paris, France. It was completed in 1889.",
@@ -138,7 +139,7 @@ def _synthetic_attribution(attributor, sentence_scores):
 
 def test_cite_thresholds_and_spans(attributor):
     att = _synthetic_attribution(attributor, [[0.9, 0.5, 0.1], [0.0, 0.2, 0.3]])
-    cites = cite(att, max_sources=3, relative=0.5)
+    cites = cite(att, KeepPolicy(top_k=3, relative=0.5, min_keep=0))
     # Sentence 1: 0.9 and 0.5 pass (0.5 >= 0.45); 0.1 does not. Sentence 2: 0.3 and 0.2 pass.
     assert [c.source for c in cites[0].sources] == [0, 1]
     assert [c.source for c in cites[1].sources] == [2, 1]
@@ -147,9 +148,29 @@ def test_cite_thresholds_and_spans(attributor):
         for s in c.sources:
             doc = att.prompt.documents[s.document].text
             assert doc[s.start : s.end] == s.text
-    assert len(cite(att, max_sources=1)[0].sources) == 1
+    assert len(cite(att, KeepPolicy(top_k=1, min_keep=0))[0].sources) == 1
     none = cite(_synthetic_attribution(attributor, [[0.0, 0.0, 0.0], [0.0, 0.0, 0.0]]))
     assert all(not c.sources for c in none)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.floats(-1, 1, allow_nan=False, width=32), min_size=3, max_size=3),
+    st.integers(1, 4),
+    st.floats(0, 1),
+)
+def test_cite_matches_the_citation_rule(scores, max_sources, relative):
+    """cite() through KeepPolicy equals the rule written out directly: positive scores only, at most
+    ``max_sources``, each at least ``relative`` x the best, strongest first (ties: source order)."""
+    order = sorted(range(3), key=lambda i: (-scores[i], i))
+    best = max(scores)
+    expected = [i for i in order if scores[i] > 0 and scores[i] >= relative * best][:max_sources]
+    prompt = SimpleNamespace(sources=[SimpleNamespace(document=0, text="t", start=0, end=1)] * 3,
+                             documents=[Document("t")])
+    att = SimpleNamespace(sources=prompt.sources, prompt=prompt,
+                          sentences=[AnswerSentence("a", 0, 1, torch.tensor(scores))])
+    got = cite(att, KeepPolicy(top_k=max_sources, relative=relative, min_keep=0))[0]
+    assert [s.source for s in got.sources] == expected
 
 
 def test_with_markers(attributor):

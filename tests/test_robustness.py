@@ -6,10 +6,10 @@ import asyncio
 
 import pytest
 import torch
+from test_attributor import CASES, DOCS
 
 from at2_rag import AT2Attributor, ContextTooLongError, models
 from at2_rag.prompts import decode
-from test_attributor import CASES, DOCS
 
 
 def test_duplicate_documents_are_separate_sources(attributor):
@@ -133,7 +133,6 @@ def test_default_cache_write_is_atomic(monkeypatch, tmp_path):
     """A crash while writing the model cache leaves nothing that a later load would trust."""
     import safetensors.torch
     import transformers
-
     from tiny_models import tiny_model
 
     monkeypatch.setenv("AT2_RAG_CACHE", str(tmp_path))

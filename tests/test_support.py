@@ -9,25 +9,22 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from tiny_models import tiny_model
 
 from at2_rag import DEFAULT_POLICY, AT2Attributor, Estimator, KeepPolicy, Pruner, fused_scores
-from at2_rag.research.ablation import logit_prob
 from at2_rag.attributor import CONTENT_FREE_QUESTION
-from at2_rag.research.data import write_jsonl
 from at2_rag.errors import EstimatorError
 from at2_rag.prompts import encode
 from at2_rag.pruning import standardized
-from at2_rag.research.training import (
+from at2_rag.research.ablation import logit_prob
+from at2_rag.research.ablation_data import (
     build_support_record,
-    fit_estimator,
     generate_support_data,
     load_records,
-    make_instances,
-    pearson_loss,
     support_documents,
-    surrogate,
 )
-from tiny_models import tiny_model
+from at2_rag.research.data import write_jsonl
+from at2_rag.research.fitting import fit_estimator, make_instances, mask_predictions, pearson_loss
 
 SUPPORT_DATA = Path(__file__).resolve().parents[1] / "benchmarks" / "data" / "support-run" / "support"
 DOCS = [
@@ -175,7 +172,7 @@ def test_refit_on_committed_support_data_reproduces_the_shipped_estimator():
     weights, history = fit_estimator(train, val, steps=est.recipe["fit"]["steps"], log=None)
     assert history[-1]["val_pearson"] == pytest.approx(est.recipe["validation"]["pearson"], abs=0.01)
     assert float(torch.nn.functional.cosine_similarity(weights.flatten(), est.weights.flatten(), dim=0)) > 0.99
-    shipped = -float(pearson_loss(surrogate(est.weights.flatten(), val.features, val.signs), val.targets))
+    shipped = -float(pearson_loss(mask_predictions(est.weights.flatten(), val.features, val.signs), val.targets))
     assert shipped == pytest.approx(est.recipe["validation"]["pearson"], abs=1e-3)
 
 

@@ -3,23 +3,28 @@
 from __future__ import annotations
 
 import json
+import stat
 
 import pytest
 import torch
+from tiny_models import tiny_model
 
 from at2_rag import AT2Attributor, Estimator, ModelIdentity
-from at2_rag.research import training
+from at2_rag.files import current_umask
+from at2_rag.research import ablation_data
+from at2_rag.research.ablation_data import generate_training_data, load_records
 from at2_rag.research.data import write_jsonl
-from at2_rag.research.training import (
+from at2_rag.research.fitting import (
     Instances,
+    L1Normalized,
+    NegativePearson,
+    NonNegative,
     fit_estimator,
-    generate_training_data,
-    load_records,
     make_instances,
+    mask_predictions,
     pearson_loss,
-    surrogate,
+    train_estimator,
 )
-from tiny_models import tiny_model
 
 
 def test_pearson_loss_hand_values():
@@ -34,7 +39,7 @@ def synthetic(n, true_w, n_masks=24, n_sources=6, noise=0.05, seed=0):
     g = torch.Generator().manual_seed(seed)
     feats = torch.rand(n, true_w.numel(), n_sources, generator=g)
     signs = (torch.rand(n, n_masks, n_sources, generator=g) < 0.5).float() * 2 - 1
-    y = surrogate(true_w.flatten(), feats, signs)
+    y = mask_predictions(true_w.flatten(), feats, signs)
     y = y + noise * y.std() * torch.randn(y.shape, generator=g)
     return Instances(feats, signs, y, tuple(true_w.shape))
 
@@ -52,7 +57,7 @@ def test_fit_recovers_known_head_weights():
     assert history[-1]["val_pearson"] > 0.95
     # Uniform weights (the starting point) are clearly worse on held-out data.
     uniform = torch.full((20,), 1 / 20)
-    assert -float(pearson_loss(surrogate(uniform, val.features, val.signs), val.targets)) < 0.9
+    assert -float(pearson_loss(mask_predictions(uniform, val.features, val.signs), val.targets)) < 0.9
 
 
 def test_fit_with_fewer_examples_than_batch_and_non_negative():
@@ -60,6 +65,27 @@ def test_fit_with_fewer_examples_than_batch_and_non_negative():
     train = synthetic(10, true_w, seed=4)
     w, _ = fit_estimator(train, steps=50, batch_size=512, non_negative=True, log=None)
     assert (w >= 0).all() and torch.isfinite(w).all()
+
+
+def test_loss_and_constraint_objects_reproduce_the_defaults():
+    x, y = torch.randn(3, 8), torch.randn(3, 8)
+    assert torch.equal(NegativePearson()(x, y), pearson_loss(x, y))
+    true_w = torch.tensor([[1.0, -0.5], [0.2, 2.0]])
+    train = synthetic(40, true_w, seed=5)
+    default, _ = fit_estimator(train, steps=30, log=None)
+    explicit, _ = fit_estimator(train, steps=30, loss=NegativePearson(), constraints=[L1Normalized()], log=None)
+    assert torch.equal(default, explicit)
+    raw, _ = fit_estimator(train, steps=30, constraints=[], log=None)
+    assert float(raw.abs().sum()) != pytest.approx(1.0)
+    L1Normalized().apply(raw)
+    assert torch.equal(raw, default)
+    shorthand, _ = fit_estimator(train, steps=30, non_negative=True, log=None)
+    spelled, _ = fit_estimator(train, steps=30, constraints=[NonNegative(), L1Normalized()], log=None)
+    assert torch.equal(shorthand, spelled) and (shorthand >= 0).all()
+    assert float(shorthand.sum()) == pytest.approx(1.0, abs=1e-6)
+    w = torch.tensor([-1.0, 2.0, -3.0])
+    NonNegative().apply(w)
+    assert w.tolist() == [0.0, 2.0, 0.0]
 
 
 @pytest.fixture()
@@ -88,8 +114,10 @@ def test_training_data_is_resumable_and_deterministic(tiny_setup, tmp_path, monk
     att, data = tiny_setup
     clean = run(att, data, tmp_path / "clean")
     assert len(clean) == 4 and all(p.exists() for p in clean)
+    mode = 0o666 & ~current_umask()  # written atomically, yet with a plain file's permissions
+    assert all(stat.S_IMODE(p.stat().st_mode) == mode for p in [*clean, tmp_path / "clean" / "recipe.json"])
     # Kill mid-way: the third example raises; the completed shards stay, no half file is left.
-    real = training.build_record
+    real = ablation_data.build_record
     calls = {"n": 0}
 
     def dying(*a, **k):
@@ -98,12 +126,12 @@ def test_training_data_is_resumable_and_deterministic(tiny_setup, tmp_path, monk
             raise KeyboardInterrupt
         return real(*a, **k)
 
-    monkeypatch.setattr(training, "build_record", dying)
+    monkeypatch.setattr(ablation_data, "build_record", dying)
     with pytest.raises(KeyboardInterrupt):
         run(att, data, tmp_path / "resumed")
     done = sorted((tmp_path / "resumed").glob("shard-*"))
     assert len(done) == 2 and not list((tmp_path / "resumed").glob("*.tmp"))
-    monkeypatch.setattr(training, "build_record", real)
+    monkeypatch.setattr(ablation_data, "build_record", real)
     resumed = run(att, data, tmp_path / "resumed")
     for a, b in zip(clean, resumed):
         assert a.read_bytes() == b.read_bytes()
@@ -111,6 +139,20 @@ def test_training_data_is_resumable_and_deterministic(tiny_setup, tmp_path, monk
     with pytest.raises(ValueError, match="another recipe"):
         generate_training_data(att, data, tmp_path / "resumed", limit=4, k=3, n_masks=8,
                                max_new_tokens=5, shard_size=1, progress=False)
+
+
+def test_training_data_keeps_features_per_call_not_on_the_attributor(tiny_setup, tmp_path, monkeypatch):
+    att, data = tiny_setup
+    real, seen = att.generate, []
+
+    def spy(*a, **k):
+        seen.append((k.get("keep_features"), att.keep_features))
+        return real(*a, **k)
+
+    monkeypatch.setattr(att, "generate", spy)
+    run(att, data, tmp_path / "shards")
+    assert seen and all(s == (True, False) for s in seen)
+    assert load_records(tmp_path / "shards")[0][0]["features"].ndim == 4
 
 
 def test_records_instances_and_estimator_recipe(tiny_setup, tmp_path):
@@ -125,10 +167,15 @@ def test_records_instances_and_estimator_recipe(tiny_setup, tmp_path):
     assert t["masks"].shape == (4, S) and t["targets"].shape[0] == 4
     inst = make_instances(records, "query")
     assert inst.features.shape[1] == L * H
-    est, history = training.train_estimator(
+    est, history = train_estimator(
         tmp_path / "shards", ModelIdentity.of(att.model), kind="query", steps=20, log=None
     )
     path = est.save(tmp_path / "q.safetensors")
     back = Estimator.load(path)
     assert back.kind == "query" and back.recipe["data"]["n_masks"] == 4
     assert back.recipe["examples"] == 4 and json.dumps(back.recipe)
+    assert back.recipe["method"] == "negative-pearson" and "constraints" not in back.recipe["fit"]
+    est, _ = train_estimator(tmp_path / "shards", ModelIdentity.of(att.model), kind="query", steps=5, log=None,
+                             loss=NegativePearson(), constraints=[NonNegative(), L1Normalized()])
+    assert est.recipe["fit"]["constraints"] == ["non-negative", "l1-normalized"] and json.dumps(est.recipe)
+    assert (est.weights >= 0).all()

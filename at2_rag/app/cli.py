@@ -35,9 +35,9 @@ def cmd_demo(args) -> int:
 
 def cmd_ask(args) -> int:
     from ..attributor import AT2Attributor
-    from .corpus import load_folder
     from ..errors import InputError
-    from ..pruning import KeepPolicy
+    from ..policy import KeepPolicy
+    from .corpus import load_folder
     from .pipeline import RAGPipeline
     from .retrieval import cached_index
     from .terminal import print_result, rich_console
@@ -117,7 +117,7 @@ def cmd_build_nq(args) -> int:
 
 
 def cmd_train_data(args) -> int:
-    from ..research.training import generate_training_data
+    from ..research.ablation_data import generate_training_data
 
     att = _attributor(args)
     paths = generate_training_data(
@@ -130,13 +130,11 @@ def cmd_train_data(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from ..estimator import ModelIdentity
-    from ..models import load_model
-    from ..research.training import train_estimator
+    from ..models import model_identity
+    from ..research.fitting import train_estimator
 
-    model, _ = load_model(args.model, device=args.device, dtype=args.dtype)
     est, _ = train_estimator(
-        args.data, ModelIdentity.of(model), kind=args.kind, validation_dir=args.validation,
+        args.data, model_identity(args.model), kind=args.kind, validation_dir=args.validation,
         steps=args.steps, lr=args.lr, batch_size=args.batch_size, weight_decay=args.weight_decay,
         non_negative=args.non_negative, seed=args.seed,
     )
@@ -222,7 +220,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train_data)
 
     p = sub.add_parser("train", help="fit an estimator on ablation shards")
-    _add_model_args(p)
+    p.add_argument("--model", default="default",
+                   help="the model the shards were made with ('default', a .gguf file, a folder or a hub id); "
+                   "only its config is read")
     p.add_argument("--data", required=True, help="training shard folder")
     p.add_argument("--validation", default=None, help="validation shard folder (monitoring only)")
     p.add_argument("--kind", default="answer", choices=["answer", "query"])

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
+from ..documents import Document
 from ..errors import InputError
-from ..prompts import Document
 from ..sentences import split_sentences
 
 DEFAULT_CHUNK_WORDS = 120

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import time
 
+from ..policy import KeepPolicy
+from ..pruning import Mode
 from .corpus import sample_corpus, sample_questions
-from ..pruning import KeepPolicy, Mode
 from .pipeline import DEFAULT_KEEP, DEFAULT_RETRIEVE, QAResult, correctness_tally
 
 

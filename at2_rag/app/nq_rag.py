@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..prompts import Document
+from ..documents import Document
 from ..research.data import open_text, split_of, write_jsonl
 from .retrieval import VectorIndex
 

@@ -6,11 +6,13 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from ..attributor import AT2Attributor, Attribution
+from ..attributor import AT2Attributor
 from ..citations import Citation, cite
+from ..documents import Document
+from ..policy import DEFAULT_POLICY, KeepPolicy
+from ..pruning import Mode, Pruner, PruneResult
 from ..research.data import is_correct, normalize_answer
-from ..prompts import Document
-from ..pruning import DEFAULT_POLICY, KeepPolicy, Mode, Pruner, PruneResult
+from ..results import Attribution
 from .retrieval import VectorIndex
 
 DEFAULT_RETRIEVE = 8

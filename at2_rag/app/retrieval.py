@@ -15,9 +15,9 @@ from typing import Any
 
 import numpy as np
 
+from ..documents import Document
 from ..errors import InputError, ModelNotAvailableError
 from ..files import atomic_folder
-from ..prompts import Document
 
 INDEX_FORMAT = 1
 

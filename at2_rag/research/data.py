@@ -11,25 +11,22 @@ One JSON object a line (plain or ``.gz``)::
 from __future__ import annotations
 
 import gzip
-import hashlib
 import json
-import os
 import random
 import re
 import string
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
-
-SPLITS = ("train", "validation", "test")
+from ..files import atomic_path
+from ..seeds import stable_hash
 
 
 def split_of(example_id: str, fractions: tuple[float, float] = (0.6, 0.2)) -> str:
     """Deterministic split from the id's hash: 60% train, 20% validation, 20% test by default."""
-    h = int(hashlib.sha256(str(example_id).encode()).hexdigest()[:8], 16) / 0x100000000
+    h = stable_hash(example_id) / 0x100000000
     if h < fractions[0]:
         return "train"
     return "validation" if h < fractions[0] + fractions[1] else "test"
@@ -73,18 +70,10 @@ def _validate(ex: Any, where: str) -> None:
 def write_jsonl(path: str | Path, examples: Iterable[dict[str, Any]]) -> Path:
     """Write examples atomically (a crash leaves the old file or none, never half a file)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    os.close(fd)
-    try:
-        opener = gzip.open if str(path).endswith(".gz") else open
-        with opener(tmp, "wt", encoding="utf-8") as fh:
-            for ex in examples:
-                fh.write(json.dumps(ex, ensure_ascii=False) + "\n")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    opener = gzip.open if path.name.endswith(".gz") else open
+    with atomic_path(path) as tmp, opener(tmp, "wt", encoding="utf-8") as fh:
+        for ex in examples:
+            fh.write(json.dumps(ex, ensure_ascii=False) + "\n")
     return path
 
 

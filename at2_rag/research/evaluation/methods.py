@@ -13,11 +13,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ..ablation import answer_token_logprobs, random_masks, span_targets
 from ...attributor import AT2Attributor
 from ...errors import InputError
 from ...estimator import Estimator
 from ...prompts import Prompt
+from ...seeds import stable_hash
+from ..ablation import answer_token_logprobs, random_masks, span_targets
 
 
 @dataclass
@@ -45,11 +46,11 @@ class MethodResult:
 
 
 class Method:
-    """Base class: ``name`` and :meth:`score`."""
+    """Base class: ``name`` and :meth:`attribute`."""
 
     name: str = "method"
 
-    def score(self, att: AT2Attributor, ex: EvalExample) -> MethodResult:
+    def attribute(self, att: AT2Attributor, ex: EvalExample) -> MethodResult:
         t = time.perf_counter()
         scores, passes = self._score(att, ex)
         return MethodResult(scores.to(torch.float64), passes, time.perf_counter() - t)
@@ -71,7 +72,7 @@ class AT2(Method):
     def _scorer(self, att: AT2Attributor) -> AT2Attributor:
         """``att``'s model with this method's estimator, loaded once per model (not per example)."""
         if id(att) not in self._scorers:
-            self._scorers[id(att)] = _with_estimator(att, self.estimator)
+            self._scorers[id(att)] = att.with_estimator(self.estimator)
         return self._scorers[id(att)]
 
     def _score(self, att, ex):
@@ -117,7 +118,7 @@ class ContextCiteSurrogate(Method):
         self.n, self.alpha, self.p_keep, self.batch_size = n_ablations, alpha, p_keep, batch_size
         self.name = f"contextcite:{n_ablations}"
 
-    def score(self, att: AT2Attributor, ex: EvalExample) -> MethodResult:
+    def attribute(self, att: AT2Attributor, ex: EvalExample) -> MethodResult:
         masks, y, target_seconds = surrogate_data(att, ex, self.n, self.p_keep, self.batch_size)
         t = time.perf_counter()
         weights, _ = fit_surrogate(masks.numpy(), y.numpy(), len(ex.answer_ids), self.alpha)
@@ -172,6 +173,16 @@ def make_method(spec: str) -> Method:
 
 
 # -- shared pieces ---------------------------------------------------------------------------------
+def evaluation_seed(example_id: str, salt: str) -> int:
+    """The seed of an example's masks for one purpose (``salt``: "contextcite", "lds"): 32 bits of
+    ``sha256(f"{salt}:{example_id}")`` read little-endian.
+
+    Little-endian, unlike the training seeds, only because the committed evaluation numbers were
+    made with it: another byte order would draw other masks and change them.
+    """
+    return stable_hash(salt, example_id, byteorder="little")
+
+
 def whole_answer_targets(att: AT2Attributor, ex: EvalExample, masks: torch.Tensor, batch_size: int = 8) -> torch.Tensor:
     """The whole answer's logit-probability under each keep-mask, ``(m,)`` float64."""
     logp = answer_token_logprobs(att.model, ex.prompt, ex.answer_ids, masks, batch_size=batch_size)
@@ -187,7 +198,7 @@ class SurrogateAblations:
     """
 
     def __init__(self, example_id: str, n_sources: int, p_keep: float) -> None:
-        self.seed, self.n_sources, self.p_keep = _seed(example_id, "contextcite"), n_sources, p_keep
+        self.seed, self.n_sources, self.p_keep = evaluation_seed(example_id, "contextcite"), n_sources, p_keep
         self.targets = torch.zeros(0, dtype=torch.float64)
         self.boundaries: list[tuple[int, float]] = [(0, 0.0)]
         """``(masks done, cumulative seconds)`` after each batch."""
@@ -258,16 +269,3 @@ def fit_surrogate(masks: np.ndarray, targets: np.ndarray, num_tokens: int, alpha
     weight = w / scale
     bias = y.mean() - (mean / scale) @ w
     return weight * num_tokens, float(bias * num_tokens)
-
-
-def _seed(example_id: str, salt: str) -> int:
-    import hashlib
-
-    return int.from_bytes(hashlib.sha256(f"{salt}:{example_id}".encode()).digest()[:4], "little")
-
-
-def _with_estimator(att: AT2Attributor, estimator) -> AT2Attributor:
-    """The same model and tokenizer with another answer estimator (shares the model's weights)."""
-    return AT2Attributor(att.model, att.tokenizer, estimator, granularity=att.granularity,
-                         instruction=att.instruction, system_prompt=att.system_prompt,
-                         overflow=att.overflow)

@@ -7,8 +7,8 @@ from collections.abc import Sequence
 
 import torch
 
-from ..ablation import answer_token_logprobs
 from ...prompts import Prompt
+from ..ablation import answer_token_logprobs
 
 
 def rankdata(x: torch.Tensor) -> torch.Tensor:

@@ -16,12 +16,12 @@ from typing import Any
 
 import torch
 
-from ..ablation import random_masks
 from ...attributor import AT2Attributor
-from ..data import is_correct, read_jsonl, shuffled_documents
 from ...errors import InputError
 from ...prompts import encode
-from .methods import EvalExample, Method, _seed, whole_answer_targets
+from ..ablation import random_masks
+from ..data import is_correct, read_jsonl, shuffled_documents
+from .methods import EvalExample, Method, evaluation_seed, whole_answer_targets
 from .metrics import lds, mean_and_stderr, topk_drop
 
 DROP_KS = (1, 3, 5)
@@ -45,8 +45,8 @@ def make_example(att: AT2Attributor, ex: dict[str, Any], k: int, max_new_tokens:
 
 def evaluate_example(att: AT2Attributor, ex: EvalExample, methods: Sequence[Method], n_masks: int = 32) -> dict:
     """Every method's scores on one example, and every metric of them."""
-    results = {m.name: m.score(att, ex) for m in methods}
-    masks = random_masks(n_masks, len(ex.prompt.sources), 0.5, seed=_seed(ex.id, "lds"))
+    results = {m.name: m.attribute(att, ex) for m in methods}
+    masks = random_masks(n_masks, len(ex.prompt.sources), 0.5, seed=evaluation_seed(ex.id, "lds"))
     targets = whole_answer_targets(att, ex, masks)
     drops = topk_drop(att.model, ex.prompt, ex.answer_ids, {n: r.scores for n, r in results.items()}, DROP_KS)
     row: dict[str, Any] = {"id": ex.id, "sources": len(ex.prompt.sources), "answer_tokens": len(ex.answer_ids),
@@ -146,7 +146,7 @@ def format_table(summary: dict) -> str:
             f"{'(all)':>6} {'passes':>7} {'time/AT2':>9}")
     lines = [head]
     for name, s in summary.items():
-        def f(key):
+        def f(key, s=s):
             v = s[key]
             return f"{v['mean']:.3f} ± {v['stderr']:.3f}" if v["mean"] == v["mean"] else "-"
         cite, cite_all = s["gold_top1_correct"]["mean"], s["gold_top1_retrieved"]["mean"]

@@ -6,8 +6,6 @@ import asyncio
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from at2_rag import AT2Attributor, Attribution, InputError, cite, with_markers
-from at2_rag.prompts import DEFAULT_INSTRUCTION
 from langchain_core.callbacks import AsyncCallbackManagerForChainRun, CallbackManagerForChainRun
 from langchain_core.documents import Document
 from langchain_core.language_models import LanguageModelLike
@@ -19,8 +17,19 @@ from langchain_core.runnables.config import patch_config
 from pydantic import Field
 from typing_extensions import override
 
+from at2_rag import (
+    DEFAULT_INSTRUCTION,
+    AT2Attributor,
+    Attribution,
+    InputError,
+    KeepPolicy,
+    cite,
+    format_context,
+    with_markers,
+)
+
 from .compressor import AT2DocumentCompressor
-from .documents import as_documents, check_question, format_context, non_empty, to_at2
+from .documents import as_documents, check_question, non_empty, to_at2
 from .local_model import LocalModelFields
 
 CitedInput = str | Mapping[str, Any]
@@ -169,7 +178,7 @@ class AT2CitedAnswer(LocalModelFields, RunnableSerializable[CitedInput, dict[str
     def _output(
         self, question: str, docs: list[Document], answer: str, attribution: Attribution | None
     ) -> dict[str, Any]:
-        cites = cite(attribution, max_sources=self.max_sources, relative=self.relative) if attribution else []
+        cites = cite(attribution, KeepPolicy(top_k=self.max_sources, relative=self.relative, min_keep=0)) if attribution else []
         scores = attribution.document_scores().tolist() if attribution else [0.0] * len(docs)
         return {
             "question": question,

@@ -6,12 +6,13 @@ import asyncio
 from collections.abc import Sequence
 from typing import Literal, Self
 
-import at2_rag
-from at2_rag import DEFAULT_POLICY, AT2Attributor, KeepPolicy, Pruner, PruneResult
 from langchain_core.callbacks import Callbacks
 from langchain_core.documents import BaseDocumentCompressor, Document
 from pydantic import Field, model_validator
 from typing_extensions import override
+
+import at2_rag
+from at2_rag import DEFAULT_POLICY, AT2Attributor, KeepPolicy, Pruner, PruneResult
 
 from .documents import SPANS_KEY, check_question, non_empty, scored_copy, to_at2
 from .local_model import LocalModelFields

@@ -6,9 +6,10 @@ import warnings
 from collections.abc import Sequence
 from typing import Any
 
+from langchain_core.documents import Document
+
 import at2_rag
 from at2_rag import InputError
-from langchain_core.documents import Document
 
 SCORE_KEY = "attribution_score"
 """Metadata key of the AT2 score of a returned document."""
@@ -69,12 +70,3 @@ def as_documents(items: Sequence[Document | str]) -> list[Document]:
     if isinstance(items, (str, Document)):
         raise InputError("documents must be a list of documents or strings, not a single one")
     return [Document(page_content=item) if isinstance(item, str) else item for item in items]
-
-
-def format_context(documents: Sequence[at2_rag.Document]) -> str:
-    """The documents as numbered blocks, laid out as the local model sees them."""
-    blocks = []
-    for i, doc in enumerate(documents, 1):
-        title = f" (Title: {doc.title})" if doc.title else ""
-        blocks.append(f"Document [{i}]{title}\n{doc.text}")
-    return "\n\n".join(blocks)

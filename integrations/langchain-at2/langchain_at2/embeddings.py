@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import threading
 
-from at2_rag.embeddings import MiniLMEmbedder
 from langchain_core.embeddings import Embeddings
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 from typing_extensions import override
+
+from at2_rag import MiniLMEmbedder
 
 
 class AT2BundledEmbeddings(BaseModel, Embeddings):

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from at2_rag import AT2Attributor, LazyAttributor
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
+
+from at2_rag import AT2Attributor, LazyAttributor
 
 
 class LocalModelFields(BaseModel):

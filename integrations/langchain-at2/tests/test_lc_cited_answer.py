@@ -6,16 +6,16 @@ import asyncio
 from typing import Any
 
 import pytest
-from at2_rag import InputError
-from langchain_at2 import AT2CitedAnswer, AT2DocumentCompressor
 from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.documents import Document
 from langchain_core.language_models.fake import FakeListLLM
 from langchain_core.language_models.fake_chat_models import FakeListChatModel, GenericFakeChatModel
 from langchain_core.messages import AIMessage
 from langchain_core.runnables import RunnableLambda
-
 from lc_support import GOLD, QUESTION, TEXTS
+
+from at2_rag import InputError
+from langchain_at2 import AT2CitedAnswer, AT2DocumentCompressor
 
 FACT = "The Eiffel Tower was completed in 1889."
 TOKYO = "Tokyo hosted the Summer Olympics in 2021."

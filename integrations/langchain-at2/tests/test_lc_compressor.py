@@ -9,14 +9,14 @@ import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 
-import at2_rag
 import pytest
-from at2_rag import AT2Attributor, ContextTooLongError, InputError, KeepPolicy, Pruner
-from langchain_at2 import AT2DocumentCompressor
 from langchain_core.documents import Document
+from lc_support import GOLD, QUESTION, TEXTS
 from pydantic import ValidationError
 
-from lc_support import GOLD, QUESTION, TEXTS
+import at2_rag
+from at2_rag import AT2Attributor, ContextTooLongError, InputError, KeepPolicy, Pruner
+from langchain_at2 import AT2DocumentCompressor
 
 
 def snapshot(docs: list[Document]) -> list[tuple]:

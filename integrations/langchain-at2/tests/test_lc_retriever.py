@@ -6,13 +6,13 @@ import asyncio
 from typing import Any
 
 import pytest
-from langchain_at2 import AT2DocumentCompressor, AT2PruningRetriever
 from langchain_classic.retrievers import ContextualCompressionRetriever
 from langchain_classic.retrievers.document_compressors import DocumentCompressorPipeline, EmbeddingsFilter
 from langchain_core.callbacks import BaseCallbackHandler
 from langchain_tests.integration_tests import RetrieversIntegrationTests
-
 from lc_support import GOLD, QUESTION
+
+from langchain_at2 import AT2DocumentCompressor, AT2PruningRetriever
 
 
 class TestLcAT2PruningRetrieverStandard(RetrieversIntegrationTests):

@@ -7,7 +7,6 @@ import asyncio
 import pytest
 from li_support import GOLD, QUESTION, FixedLLM
 from llama_index.core.schema import QueryBundle
-
 from llama_index.postprocessor.at2 import (
     ATTRIBUTION_SCORE_KEY,
     METADATA_KEYS,

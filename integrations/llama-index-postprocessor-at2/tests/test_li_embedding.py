@@ -6,8 +6,9 @@ import asyncio
 
 import pytest
 import torch
-from at2_rag.embeddings import MiniLMEmbedder
 from li_support import FACTS, GOLD, QUESTION
+
+from at2_rag import MiniLMEmbedder
 
 
 def test_vectors_equal_the_core_embedder(embed_model):

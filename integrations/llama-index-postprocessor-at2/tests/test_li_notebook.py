@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from llama_index.postprocessor.at2 import METADATA_KEYS
 
 NOTEBOOK = Path(__file__).resolve().parents[3] / "notebooks" / "llamaindex_quickstart.ipynb"

@@ -7,11 +7,9 @@ import threading
 import warnings
 
 import pytest
-from at2_rag import DEFAULT_POLICY, AT2Attributor, ContextTooLongError, InputError, KeepPolicy, Pruner
 from li_support import GOLD, QUESTION, FixedLLM, make_nodes
 from llama_index.core.bridge.pydantic import ValidationError
 from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle, TextNode
-
 from llama_index.postprocessor.at2 import (
     ATTRIBUTION_SCORE_KEY,
     METADATA_KEYS,
@@ -19,6 +17,8 @@ from llama_index.postprocessor.at2 import (
     SPANS_KEY,
     AT2Postprocessor,
 )
+
+from at2_rag import DEFAULT_POLICY, AT2Attributor, ContextTooLongError, InputError, KeepPolicy, Pruner
 
 
 def texts(nodes):

@@ -1,6 +1,5 @@
 """AT2 context attribution for LlamaIndex: prune retrieved nodes and cite them by measured attribution."""
 
-from at2_rag import LazyAttributor
 from llama_index.postprocessor.at2.citation_engine import AT2CitationQueryEngine
 from llama_index.postprocessor.at2.embedding import AT2BundledEmbedding
 from llama_index.postprocessor.at2.nodes import (
@@ -10,6 +9,8 @@ from llama_index.postprocessor.at2.nodes import (
     SPANS_KEY,
 )
 from llama_index.postprocessor.at2.postprocessor import AT2Postprocessor
+
+from at2_rag import LazyAttributor
 
 __all__ = [
     "ATTRIBUTION_SCORE_KEY",

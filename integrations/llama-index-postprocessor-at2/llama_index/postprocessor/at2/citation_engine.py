@@ -10,8 +10,6 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Optional
 
-from at2_rag import AT2Attributor, Attribution, LazyAttributor, cite, with_markers
-from at2_rag.prompts import Granularity
 from llama_index.core.base.base_query_engine import BaseQueryEngine
 from llama_index.core.base.base_retriever import BaseRetriever
 from llama_index.core.base.response.schema import RESPONSE_TYPE, Response
@@ -24,6 +22,8 @@ from llama_index.core.prompts.mixin import PromptMixinType
 from llama_index.core.response_synthesizers import BaseSynthesizer, get_response_synthesizer
 from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle
 from llama_index.core.settings import Settings
+
+from at2_rag import AT2Attributor, Attribution, Granularity, KeepPolicy, LazyAttributor, cite, with_markers
 
 from .nodes import annotate, nodes_with_text, to_documents
 from .postprocessor import AT2Postprocessor
@@ -183,7 +183,7 @@ class AT2CitationQueryEngine(BaseQueryEngine):
         if attribution is None:
             sources = [annotate(n, None) for n in nodes]
             return Response(answer, sources, _metadata(answer, [], None))
-        citations = cite(attribution, max_sources=self._max_sources, relative=self._relative)
+        citations = cite(attribution, KeepPolicy(top_k=self._max_sources, relative=self._relative, min_keep=0))
         scores, n_scored = attribution.document_scores().tolist(), len(attribution.prompt.documents)
         sources = [annotate(n, scores[i] if i < n_scored else None) for i, n in enumerate(nodes)]
         metadata = _metadata(answer, [c.to_dict() for c in citations], attribution)

@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 from typing import Any, List, Sequence
 
-from at2_rag.embeddings import MiniLMEmbedder
 from llama_index.core.base.embeddings.base import BaseEmbedding, Embedding
 from llama_index.core.bridge.pydantic import Field, PrivateAttr
+
+from at2_rag import MiniLMEmbedder
 
 
 class AT2BundledEmbedding(BaseEmbedding):

@@ -6,8 +6,9 @@ import math
 import warnings
 from typing import List, Optional, Sequence, Tuple
 
-from at2_rag import RETRIEVAL_RANK_KEY, Document
 from llama_index.core.schema import MetadataMode, NodeWithScore
+
+from at2_rag import RETRIEVAL_RANK_KEY, Document
 
 RETRIEVAL_SCORE_KEY = "retrieval_score"
 """Metadata key holding the score a node had before AT2 scored it (the retriever's, usually)."""

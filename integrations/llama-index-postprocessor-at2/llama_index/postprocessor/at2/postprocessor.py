@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Any, List, Literal, Optional, Tuple
 
-from at2_rag import DEFAULT_POLICY, AT2Attributor, Document, KeepPolicy, LazyAttributor, Pruner, PruneResult
 from llama_index.core.bridge.pydantic import Field, PrivateAttr
 from llama_index.core.postprocessor.types import BaseNodePostprocessor
 from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle
+
+from at2_rag import DEFAULT_POLICY, AT2Attributor, Document, KeepPolicy, LazyAttributor, Pruner, PruneResult
 
 from .nodes import annotate, nodes_with_text, to_documents
 

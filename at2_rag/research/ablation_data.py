@@ -1,20 +1,9 @@
-"""Build ablation training data (sharded, resumable) and fit AT2 estimators.
-
-Data: for each example the model generates its own answer (greedy) while AT2 features are
-captured; then ``m`` random keep-masks over the sources are ablated and every answer sentence's
-logit-probability is measured. Fit: per-head weights maximise the Pearson correlation between the
-surrogate ``ŷ(v) = Σ_s (2v_s − 1)·score(s)`` and the measured ``y(v)`` across the masks of each
-(example, target).
-"""
+"""Ablation training data (features, random keep-masks, measured targets) in resumable shards, to fit estimators on."""
 
 from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
-import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,20 +11,20 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from .ablation import answer_token_logprobs, random_masks, span_targets
 from ..attributor import AT2Attributor
-from .data import is_correct, read_jsonl, shuffled_documents, split_of
+from ..estimator import ModelIdentity
+from ..files import atomic_path, atomic_write_text
 from ..prompts import encode
-from ..estimator import Estimator, ModelIdentity
+from ..seeds import stable_hash
+from .ablation import answer_token_logprobs, random_masks, span_targets
+from .data import is_correct, read_jsonl, shuffled_documents
 
 SHARD_FORMAT = "at2-rag-ablation-shard"
 
 
 def example_seed(seed: int, example_id: str) -> int:
-    """A per-example seed that does not depend on processing order."""
-    import hashlib
-
-    return int(hashlib.sha256(f"{seed}:{example_id}".encode()).hexdigest()[:8], 16)
+    """A per-example seed that does not depend on processing order: 32 bits of ``sha256(f"{seed}:{example_id}")``."""
+    return stable_hash(seed, example_id)
 
 
 def build_record(
@@ -52,7 +41,7 @@ def build_record(
     """Features, masks and ablation targets for one example (None when the answer is empty)."""
     docs = shuffled_documents(example, k, seed)
     result = attributor.generate(
-        example["question"], docs, granularity="sentence", max_new_tokens=max_new_tokens
+        example["question"], docs, granularity="sentence", max_new_tokens=max_new_tokens, keep_features=True
     )
     if not result.answer_ids or not result.sentences:
         return None
@@ -201,7 +190,7 @@ def _write_shards(out: Path, examples, recipe, records, shard_size: int, desc: s
         raise ValueError(
             f"{out} holds shards made with another recipe ({manifest}); use a new folder or the same options"
         )
-    manifest.write_text(json.dumps(recipe, indent=1, sort_keys=True))
+    atomic_write_text(manifest, json.dumps(recipe, indent=1, sort_keys=True))
     paths = []
     bar = tqdm(total=len(examples), desc=desc, unit="ex", disable=not progress)
     try:
@@ -243,7 +232,12 @@ def generate_training_data(
     batch_size: int = 8,
     progress: bool = True,
 ) -> list[Path]:
-    """Write shards ``shard-00000.safetensors`` …; existing complete shards are kept (resumable)."""
+    """Answer data: shards ``shard-00000.safetensors`` …; existing complete shards are kept (resumable).
+
+    For each example the model generates its own answer (greedy) while AT2 features are captured;
+    then ``n_masks`` random keep-masks over the sources are ablated and every answer sentence's
+    logit-probability is measured (:func:`build_record`).
+    """
     examples = read_jsonl(data_path, split=split, limit=limit)
     recipe = {
         "data": str(data_path), "split": split, "k": k, "n_masks": n_masks, "p_keep": p_keep,
@@ -257,23 +251,13 @@ def generate_training_data(
             max_new_tokens=max_new_tokens, seed=seed, batch_size=batch_size,
         )
 
-    keep_features = attributor.keep_features
-    attributor.keep_features = True
-    try:
-        return _write_shards(Path(out_dir), examples, recipe, records, shard_size, "ablation data", progress)
-    finally:
-        attributor.keep_features = keep_features
+    return _write_shards(Path(out_dir), examples, recipe, records, shard_size, "ablation data", progress)
 
 
 def _save_shard(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata={"at2_rag": json.dumps(meta)})
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    """One shard file, written atomically (a crash leaves no half shard that a resumed run would keep)."""
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata={"at2_rag": json.dumps(meta)})
 
 
 def load_records(shard_dir: str | Path) -> list[tuple[dict[str, torch.Tensor], dict[str, Any]]]:
@@ -295,148 +279,14 @@ def _as_float(t: torch.Tensor) -> torch.Tensor:
     return t.to(torch.float32) if t.dtype == torch.float16 else t
 
 
-# -- fitting ----------------------------------------------------------------------------------------
-@dataclass
-class Instances:
-    """Padded training instances: features ``(N, L·H, S)``, signed masks ``(N, m, S)``, targets ``(N, m)``."""
-
-    features: torch.Tensor
-    signs: torch.Tensor
-    targets: torch.Tensor
-    shape: tuple[int, int]
-
-    def __len__(self) -> int:
-        return self.features.shape[0]
-
-
-def make_instances(records, kind: str = "answer", *, calibrated: bool = False) -> Instances:
-    """One instance per (example, answer sentence) for ``answer``; per example for ``query``.
-
-    ``calibrated``: query features minus those of the content-free question (support shards).
-    """
-    feats, signs, ys = [], [], []
-    shape = None
-    for t, _ in records:
-        L, H = t["query"].shape[:2]
-        shape = (L, H)
-        masks = t["masks"].to(torch.float32) * 2 - 1
-        if kind == "answer":
-            n_spans = t["features"].shape[2]
-            cols = range(n_spans - 1) if n_spans > 1 else range(1)
-            items = [(t["features"][:, :, c], t["targets"][:, c]) for c in cols]
-        else:
-            x = t["query"] - t["query_null"] if calibrated else t["query"]
-            items = [(x, t["targets"][:, -1])]
-        for x, y in items:
-            y = y.to(torch.float32)
-            if not torch.isfinite(y).all() or y.std() < 1e-6:
-                continue  # no signal across masks
-            feats.append(x.reshape(L * H, -1))
-            signs.append(masks)
-            ys.append(y)
-    if not feats:
-        raise ValueError("no usable training instances (every target was constant or infinite)")
-    s_max = max(f.shape[1] for f in feats)
-    pad = lambda x: torch.nn.functional.pad(x, (0, s_max - x.shape[-1]))  # noqa: E731
-    return Instances(
-        torch.stack([pad(f) for f in feats]), torch.stack([pad(s) for s in signs]), torch.stack(ys), shape
-    )
-
-
-def pearson_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Negative Pearson correlation across the last axis, averaged over instances."""
-    p = pred - pred.mean(dim=-1, keepdim=True)
-    t = target - target.mean(dim=-1, keepdim=True)
-    corr = (p * t).sum(-1) / (p.norm(dim=-1) * t.norm(dim=-1)).clamp(min=1e-12)
-    return -corr.mean()
-
-
-def surrogate(weights: torch.Tensor, inst_features: torch.Tensor, signs: torch.Tensor) -> torch.Tensor:
-    """``ŷ = Σ_s (2v_s − 1)·score(s)`` for every mask: ``(N, m)``."""
-    scores = torch.einsum("nfs,f->ns", inst_features, weights)
-    return torch.einsum("nms,ns->nm", signs, scores)
-
-
-def fit_estimator(
-    train: Instances,
-    validation: Instances | None = None,
-    *,
-    steps: int = 1000,
-    lr: float = 1e-3,
-    batch_size: int = 512,
-    weight_decay: float = 0.0,
-    non_negative: bool = False,
-    seed: int = 0,
-    log_every: int = 100,
-    log=print,
-) -> tuple[torch.Tensor, list[dict[str, float]]]:
-    """Fit per-head weights by negative Pearson loss; returns L1-normalised ``(L, H)`` and a history."""
-    g = torch.Generator().manual_seed(seed)
-    n_feat = train.features.shape[1]
-    w = torch.full((n_feat,), 1.0 / n_feat, requires_grad=True)
-    opt = torch.optim.Adam([w], lr=lr, weight_decay=weight_decay)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
-    history = []
-    for step in range(1, steps + 1):
-        idx = torch.randperm(len(train), generator=g)[: min(batch_size, len(train))]
-        loss = pearson_loss(surrogate(w, train.features[idx], train.signs[idx]), train.targets[idx])
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_([w], 1.0)
-        opt.step()
-        sched.step()
-        if non_negative:
-            with torch.no_grad():
-                w.clamp_(min=0)
-        if step % log_every == 0 or step == steps:
-            row = {"step": step, "train_loss": float(loss.detach())}
-            if validation is not None:
-                with torch.no_grad():
-                    row["val_pearson"] = -float(
-                        pearson_loss(surrogate(w, validation.features, validation.signs), validation.targets)
-                    )
-            history.append(row)
-            if log:
-                log("  ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
-    weights = w.detach()
-    weights = weights / weights.abs().sum().clamp(min=1e-12)
-    return weights.reshape(train.shape), history
-
-
-def train_estimator(
-    shard_dir: str | Path,
-    model_identity: ModelIdentity,
-    *,
-    kind: str = "answer",
-    validation_dir: str | Path | None = None,
-    **fit_kwargs,
-) -> tuple[Estimator, list[dict[str, float]]]:
-    """Fit an estimator from shards (validation shards only monitor, never fit)."""
-    records = load_records(shard_dir)
-    train = make_instances(records, kind)
-    val = make_instances(load_records(validation_dir), kind) if validation_dir else None
-    t0 = time.perf_counter()
-    weights, history = fit_estimator(train, val, **fit_kwargs)
-    recipe_file = Path(shard_dir) / "recipe.json"
-    recipe = {
-        "method": "negative-pearson",
-        "data": json.loads(recipe_file.read_text()) if recipe_file.exists() else {},
-        "examples": len(records),
-        "instances": len(train),
-        "fit": {k: v for k, v in fit_kwargs.items() if k not in ("log",)},
-        "fit_seconds": round(time.perf_counter() - t0, 2),
-        "final": history[-1] if history else {},
-    }
-    return Estimator(weights, model_identity, kind, recipe), history  # type: ignore[arg-type]
-
-
 __all__ = [
+    "SHARD_FORMAT",
+    "SUPPORT_ORDERS",
     "build_record",
-    "fit_estimator",
+    "build_support_record",
+    "example_seed",
+    "generate_support_data",
     "generate_training_data",
     "load_records",
-    "make_instances",
-    "pearson_loss",
-    "split_of",
-    "train_estimator",
+    "support_documents",
 ]

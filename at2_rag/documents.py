@@ -1,0 +1,85 @@
+"""Documents as at2-rag sees them, how plain strings and mappings become one, and how a document is
+laid out in the prompt (``Document [n] (Title: …)`` then its text) — the one place for that layout."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Union
+
+from .errors import InputError
+
+HEADER_WORD = "Document"
+"""First word of every document's header in the prompt (``Document [n] (Title: ...)``)."""
+
+
+@dataclass(frozen=True)
+class Document:
+    """A retrieved document (chunk) with an optional title and id."""
+
+    text: str
+    title: str | None = None
+    id: str | None = None
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+
+
+DocumentLike = Union[Document, str, Mapping[str, Any]]
+
+
+def as_document(item: DocumentLike, index: int = 0) -> Document:
+    """Coerce a string, mapping (``text``/``page_content``, ``title``, ``id``) or Document."""
+    if isinstance(item, Document):
+        doc = item
+    elif isinstance(item, str):
+        doc = Document(text=item)
+    elif isinstance(item, Mapping):
+        text = item.get("text", item.get("page_content"))
+        doc = Document(
+            text=text,  # type: ignore[arg-type]
+            title=item.get("title"),
+            id=None if item.get("id") is None else str(item.get("id")),
+            metadata=dict(item.get("metadata") or {}),
+        )
+    else:
+        raise InputError(
+            f"document {index} is a {type(item).__name__}; pass a str, a mapping with 'text', or "
+            "at2_rag.Document"
+        )
+    if not isinstance(doc.text, str):
+        raise InputError(
+            f"document {index} has text of type {type(doc.text).__name__}; document text must be a str"
+        )
+    if not doc.text.strip():
+        raise InputError(
+            f"document {index} is empty or whitespace-only; remove it before attributing (it cannot "
+            "have influenced the answer)"
+        )
+    if doc.title is not None and not isinstance(doc.title, str):
+        raise InputError(f"document {index} has a non-string title; pass a str or None")
+    return doc
+
+
+def as_documents(items: Iterable[DocumentLike]) -> list[Document]:
+    """Validate and coerce a list of documents; at least one is required."""
+    if isinstance(items, (str, Document)) or items is None:
+        raise InputError("documents must be a list of documents, not a single document or None")
+    docs = [as_document(item, i) for i, item in enumerate(items)]
+    if not docs:
+        raise InputError("no documents were given: attribution needs at least one document")
+    return docs
+
+
+def document_header(position: int, title: str | None) -> str:
+    """The header line that precedes document number ``position`` (1-based) in the prompt."""
+    return f"{HEADER_WORD} [{position}]" + (f" (Title: {title})" if title else "") + "\n"
+
+
+def format_context(documents: Sequence[DocumentLike]) -> str:
+    """The documents as numbered blocks, laid out exactly as in the prompt (for another LLM's prompt)."""
+    return "\n\n".join(document_header(i, d.title) + d.text for i, d in enumerate(as_documents(documents), 1))
+
+
+def document_label(doc: DocumentLike, index: int) -> str:
+    """A document's id for messages: its id when it has one, else ``#index``."""
+    ident = doc.get("id") if isinstance(doc, Mapping) else getattr(doc, "id", None)
+    return str(ident) if ident is not None else f"#{index}"

@@ -1,0 +1,75 @@
+"""Keep policies: the one rule that decides which scored items stay — retrieved documents when
+pruning, sources when citing an answer sentence."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class KeepPolicy:
+    """Which scored documents to keep. Every set criterion must hold; ``min_keep`` wins over all.
+
+    Args:
+        top_k: keep at most this many, best first.
+        threshold: keep only documents scoring at least this (scores are the estimator's units).
+        relative: keep only documents scoring at least ``relative`` × the best score (0–1).
+        token_budget: keep documents, best first, while their total tokens stay within this;
+            a document that does not fit is skipped and smaller ones after it may still fit.
+        min_keep: always keep at least this many of the best documents, even when a criterion
+            would drop them (default 1: pruning never returns an empty context unless set to 0).
+    """
+
+    top_k: int | None = None
+    threshold: float | None = None
+    relative: float | None = None
+    token_budget: int | None = None
+    min_keep: int = 1
+
+    def __post_init__(self) -> None:
+        for name in ("top_k", "token_budget", "min_keep"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
+                raise ValueError(f"{name} must be a non-negative int or None, got {value!r}")
+        if self.relative is not None and not 0.0 <= self.relative <= 1.0:
+            raise ValueError(f"relative must lie in [0, 1] (a fraction of the best score), got {self.relative!r}")
+        if self.threshold is not None and not math.isfinite(self.threshold):
+            raise ValueError(f"threshold must be a finite number, got {self.threshold!r}")
+
+    def select(self, scores: Sequence[float], lengths: Sequence[int] | None = None) -> list[int]:
+        """Indices of the documents to keep, highest score first (ties keep input order)."""
+        if self.token_budget is not None and (lengths is None or len(lengths) != len(scores)):
+            raise ValueError("a token budget needs one token length per document")
+        order = sorted(range(len(scores)), key=lambda i: (-scores[i], i))
+        if not order:
+            return []
+        best = scores[order[0]]
+        kept: list[int] = []
+        used = 0
+        for i in order:
+            if self.top_k is not None and len(kept) >= self.top_k:
+                break
+            if self.threshold is not None and scores[i] < self.threshold:
+                continue
+            if self.relative is not None and scores[i] < self.relative * best:
+                continue
+            if self.token_budget is not None:
+                assert lengths is not None
+                if used + lengths[i] > self.token_budget:
+                    continue
+                used += lengths[i]
+            kept.append(i)
+        for i in order[: self.min_keep]:  # the guarantee, best first
+            if i not in kept:
+                kept.append(i)
+        return sorted(kept, key=lambda i: (-scores[i], i))
+
+
+DEFAULT_POLICY = KeepPolicy(top_k=1)
+"""Keep the single best document: chosen on NQ-RAG validation by the reader's accuracy against
+keeping 2 or 3 (benchmarks/RESULTS.md, "Prune and regenerate")."""
+CITATION_POLICY = KeepPolicy(top_k=3, relative=0.5, min_keep=0)
+"""Citations cite at most 3 sources per answer sentence, each carrying at least half the weight of
+the strongest (the clear winners only), and nothing when no source scores above zero."""
