@@ -22,7 +22,7 @@ from typing import Literal
 import torch
 
 from . import capture
-from .documents import HEADER_WORD, DocumentLike, document_label
+from .documents import HEADER_WORD, DocumentLike, check_encodable, document_label
 from .errors import ContextTooLongError, InputError
 from .estimator import Estimator
 from .prompts import (
@@ -75,6 +75,7 @@ class AT2Attributor:
     ) -> None:
         if overflow not in ("error", "drop_last"):
             raise ValueError(f"overflow must be 'error' or 'drop_last', got {overflow!r}")
+        _check_new_tokens(max_new_tokens)
         capture.prepare_model(model)
         self.model = model
         self.tokenizer = tokenizer
@@ -157,7 +158,7 @@ class AT2Attributor:
         The features are captured while generating: zero extra forward passes. ``keep_features``
         (default: the attributor's setting) keeps them on the result.
         """
-        new_tokens = self.max_new_tokens if max_new_tokens is None else max_new_tokens
+        new_tokens = self.max_new_tokens if max_new_tokens is None else _check_new_tokens(max_new_tokens)
         prompt, dropped = self._fitted_prompt(question, documents, granularity, new_tokens, "max_new_tokens")
         ids = torch.tensor([prompt.input_ids], device=self.device)
         cap = self._capture(prompt, capture_from=len(prompt) - 1)
@@ -190,6 +191,7 @@ class AT2Attributor:
             raise InputError(f"the answer must be a str, got {type(answer).__name__}")
         if not answer.strip():
             raise InputError("the answer is empty: there is nothing to attribute")
+        check_encodable(answer, "the answer")
         answer_ids = encode(self.tokenizer, answer)
         prompt, dropped = self._fitted_prompt(question, documents, granularity, len(answer_ids), "the answer")
         ids = torch.tensor([prompt.input_ids + answer_ids], device=self.device)
@@ -396,3 +398,10 @@ class AT2Attributor:
             if t in stops:
                 return ids[:i]
         return ids
+
+
+def _check_new_tokens(value: object) -> int:
+    """``max_new_tokens`` as given, or :class:`InputError` unless it is a positive int."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise InputError(f"max_new_tokens must be a positive int (tokens to generate), got {value!r}")
+    return value

@@ -34,11 +34,16 @@ def as_document(item: DocumentLike, index: int = 0) -> Document:
         doc = Document(text=item)
     elif isinstance(item, Mapping):
         text = item.get("text", item.get("page_content"))
+        meta = item.get("metadata")
+        if meta is not None and not isinstance(meta, Mapping):
+            raise InputError(
+                f"document {index} has metadata of type {type(meta).__name__}; pass a mapping (dict) or None"
+            )
         doc = Document(
             text=text,  # type: ignore[arg-type]
             title=item.get("title"),
             id=None if item.get("id") is None else str(item.get("id")),
-            metadata=dict(item.get("metadata") or {}),
+            metadata=dict(meta or {}),
         )
     else:
         raise InputError(
@@ -56,7 +61,26 @@ def as_document(item: DocumentLike, index: int = 0) -> Document:
         )
     if doc.title is not None and not isinstance(doc.title, str):
         raise InputError(f"document {index} has a non-string title; pass a str or None")
+    if not isinstance(doc.metadata, Mapping):
+        raise InputError(
+            f"document {index} has metadata of type {type(doc.metadata).__name__}; pass a mapping (dict)"
+        )
+    check_encodable(doc.text, f"document {index}")
+    if doc.title:
+        check_encodable(doc.title, f"the title of document {index}")
     return doc
+
+
+def check_encodable(text: str, what: str) -> None:
+    """Raise :class:`InputError` when ``text`` holds a lone surrogate (valid in JSON and Python strings,
+    but not Unicode text: a tokenizer cannot encode it)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise InputError(
+            f"{what} contains a lone surrogate {text[e.start]!r} at character {e.start} (broken UTF-16 "
+            "or a bad \\u escape); repair or remove it"
+        ) from None
 
 
 def as_documents(items: Iterable[DocumentLike]) -> list[Document]:

@@ -8,21 +8,36 @@ kind, training recipe, format version). Loading never unpickles anything.
 from __future__ import annotations
 
 import json
+import math
 import os
+import stat
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load as load_bytes
+from safetensors.torch import save_file
 
 from .errors import EstimatorError
 from .files import atomic_path
 
 FORMAT_VERSION = 1
 FeatureKind = Literal["answer", "query"]
+FEATURE_KINDS: tuple[str, ...] = get_args(FeatureKind)
+MAX_WEIGHT_SUM = 1e6
+"""Largest Σ|θ| accepted. Each feature is one head's attention summed over a source's tokens: a
+sum of softmax probabilities, so it lies in [0, 1] (calibrated query features, a difference of
+two such sums, in [-1, 1]), and a score Σθ·φ is at most Σ|θ| in size. Uniform and trained weights
+have Σ|θ| ≈ 1 (only the order of scores matters, so training has no reason to grow them); 1e6
+leaves six orders of magnitude of headroom, yet keeps every score, and sums and differences of
+scores, finite and far from float32's overflow (3.4e38), so a tampered file cannot turn the
+scores into inf/NaN."""
+MAX_FILE_BYTES = 64 * 2**20
+"""Largest estimator file read: one float per (layer, head) is kilobytes even for huge models, so
+anything bigger (a model's weights passed by mistake) is refused before it is read into memory."""
 CALIBRATIONS: tuple[str | None, ...] = (None, "content-free")
 """How query features are calibrated before scoring: not at all, or minus the features of the same
 prompt asked a content-free question (its positional prior; see ``AT2Attributor.query_features``)."""
@@ -89,7 +104,12 @@ class Estimator:
                 f"weights of shape {tuple(w.shape)} do not match the model's "
                 f"({self.model.num_layers} layers, {self.model.num_heads} heads)"
             )
+        _check_weights(w)
         self.weights = w
+        if self.kind not in FEATURE_KINDS:
+            raise EstimatorError(f"unknown kind {self.kind!r}; expected one of {list(FEATURE_KINDS)}")
+        if not isinstance(self.recipe, dict):
+            raise EstimatorError(f"recipe must be a dict, not {type(self.recipe).__name__}")
         if self.calibration not in CALIBRATIONS:
             raise EstimatorError(
                 f"unknown calibration {self.calibration!r}; expected one of {sorted(map(str, CALIBRATIONS))}"
@@ -182,37 +202,123 @@ class Estimator:
         """Read an estimator file (or a shipped name such as ``"default"``/``"default-query"``)."""
         path = resolve(path)
         try:
-            tensors = load_file(str(path))
-            with open(path, "rb") as fh:
-                n = int.from_bytes(fh.read(8), "little")
-                header = json.loads(fh.read(n))
-            meta = json.loads(header["__metadata__"]["at2_rag"])
+            tensors, meta = _parse(_read_regular_file(path))
+            if not isinstance(meta, dict) or meta.get("format") != "at2-rag-estimator" or "weights" not in tensors:
+                raise EstimatorError(f"it is a safetensors file but not an at2-rag estimator; {_REMAKE}")
+            ident, kind, recipe, calibration = _metadata_fields(meta)
+            return cls(tensors["weights"], ident, kind, recipe, calibration)
+        except EstimatorError as exc:
+            raise EstimatorError(f"{path}: {exc}") from exc
         except FileNotFoundError:
             raise
-        except (SafetensorError, OSError, ValueError, KeyError, TypeError) as exc:
+        except (SafetensorError, OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
             raise EstimatorError(
                 f"{path} is not a valid at2-rag estimator file ({type(exc).__name__}: {exc}); "
                 "it may be truncated, corrupt, or another kind of file — re-create it with "
                 "Estimator.save or `at2-rag train`"
             ) from exc
-        if meta.get("format") != "at2-rag-estimator" or "weights" not in tensors:
-            raise EstimatorError(f"{path} is a safetensors file but not an at2-rag estimator")
-        if int(meta.get("format_version", 0)) > FORMAT_VERSION:
+
+
+_REMAKE = "re-create it with Estimator.save or `at2-rag train`"
+_NOT_REGULAR = "it is not a regular file (a folder, FIFO or device); pass the path of an estimator file"
+_RETRAIN = "train a new estimator with `at2-rag train` (or use Estimator.uniform)"
+
+
+def _check_weights(w: torch.Tensor) -> None:
+    """Raise unless every weight is finite and Σ|θ| is within :data:`MAX_WEIGHT_SUM`, so every score is
+    finite (a NaN or inf weight makes every score NaN/inf and pruning keep arbitrary chunks)."""
+    if not bool(torch.isfinite(w).all()):
+        raise EstimatorError(f"the weights are not all finite (NaN or ±inf); {_RETRAIN}")
+    total = float(w.abs().sum(dtype=torch.float32))
+    if not math.isfinite(total) or total > MAX_WEIGHT_SUM:
+        raise EstimatorError(
+            f"the weights' absolute sum {total:.3g} exceeds {MAX_WEIGHT_SUM:.0e}, so scores could "
+            f"overflow (trained weights sum to about 1); {_RETRAIN}"
+        )
+
+
+def _read_regular_file(path: Path) -> bytes:
+    """The bytes of ``path``, refused unless it is a regular file of estimator size: a FIFO would
+    block ``open`` forever, so the file is opened non-blocking and checked on the open descriptor."""
+    if not path.is_file():  # before opening: where O_NONBLOCK is missing, open() would block
+        raise EstimatorError(_NOT_REGULAR)
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    try:
+        info = os.fstat(fd)  # the file actually opened, in case it was swapped since the check
+        if not stat.S_ISREG(info.st_mode):
+            raise EstimatorError(_NOT_REGULAR)
+        if info.st_size > MAX_FILE_BYTES:
             raise EstimatorError(
-                f"{path} uses estimator format {meta['format_version']}, newer than this at2-rag "
-                f"supports ({FORMAT_VERSION}); upgrade at2-rag"
+                f"it holds {info.st_size} bytes, too many for an estimator (one float per layer and "
+                "head); pass an estimator file, not a model's weights"
             )
-        try:
-            ident = ModelIdentity(**meta["model"])
-        except (KeyError, TypeError) as exc:
-            raise EstimatorError(f"{path} has incomplete model metadata: {exc}") from exc
-        try:
-            return cls(
-                tensors["weights"], ident, meta.get("kind", "answer"), meta.get("recipe", {}),
-                meta.get("calibration"),
-            )
-        except EstimatorError as exc:
-            raise EstimatorError(f"{path}: {exc}") from exc
+        with open(fd, "rb", closefd=False) as fh:
+            return fh.read()
+    finally:
+        os.close(fd)
+
+
+def _parse(data: bytes) -> tuple[dict[str, torch.Tensor], Any]:
+    """The tensors of a safetensors file and the JSON decoded from its ``at2_rag`` metadata entry."""
+    tensors = load_bytes(data)
+    n = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + n])
+    return tensors, json.loads(header["__metadata__"]["at2_rag"])
+
+
+def _metadata_fields(meta: dict[str, Any]) -> tuple[ModelIdentity, FeatureKind, dict[str, Any], str | None]:
+    """The model identity, kind, recipe and calibration recorded in ``meta``, each type-checked so a
+    tampered header is an :class:`EstimatorError` naming the field, never a stray TypeError."""
+    version = meta.get("format_version", FORMAT_VERSION)
+    if not _is_int(version) or version < 1:
+        raise _field_error("format_version", "a positive integer", version)
+    if version > FORMAT_VERSION:
+        raise EstimatorError(
+            f"it uses estimator format {version}, newer than this at2-rag supports ({FORMAT_VERSION}); "
+            "upgrade at2-rag"
+        )
+    kind = meta.get("kind", "answer")
+    if kind not in FEATURE_KINDS:
+        raise _field_error("kind", " or ".join(map(repr, FEATURE_KINDS)), kind)
+    recipe = meta.get("recipe", {})
+    if not isinstance(recipe, dict):
+        raise _field_error("recipe", "a JSON object", recipe)
+    calibration = meta.get("calibration")
+    if calibration not in CALIBRATIONS:
+        raise _field_error("calibration", " or ".join(map(json.dumps, CALIBRATIONS)), calibration)
+    return _model_identity(meta.get("model")), kind, recipe, calibration
+
+
+def _model_identity(model: Any) -> ModelIdentity:
+    """The ``model`` metadata field as a :class:`ModelIdentity`, every entry type-checked."""
+    if not isinstance(model, dict):
+        raise _field_error("model", "a JSON object", model)
+    fields = {"architecture": str, "num_layers": int, "num_heads": int, "vocab_size": int, "name": str}
+    unknown = sorted(set(model) - set(fields))
+    if unknown:
+        raise EstimatorError(f"metadata field 'model' has unknown entries {unknown}; {_REMAKE}")
+    missing = sorted(set(fields) - set(model) - {"name"})
+    if missing:
+        raise EstimatorError(f"metadata field 'model' lacks {missing}; {_REMAKE}")
+    for key, kind in fields.items():
+        value = model.get(key, "")
+        if kind is int and not (_is_int(value) and value > 0):
+            raise _field_error(f"model.{key}", "a positive integer", value)
+        if kind is str and not isinstance(value, str):
+            raise _field_error(f"model.{key}", "a string", value)
+    return ModelIdentity(**model)
+
+
+def _is_int(value: Any) -> bool:
+    """True for a JSON integer (``bool`` is an ``int`` subclass in Python but not in JSON)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _field_error(name: str, expected: str, value: Any) -> EstimatorError:
+    """The error for metadata field ``name`` holding ``value`` instead of ``expected``."""
+    shown = json.dumps(value)
+    shown = shown if len(shown) <= 60 else shown[:57] + "..."
+    return EstimatorError(f"metadata field {name!r} must be {expected}, not {shown}; {_REMAKE}")
 
 
 def resolve(name: str | os.PathLike) -> Path:

@@ -3,13 +3,26 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import math
 import os
+import re
 import shutil
+import socket
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 _PROC_STATUS = "/proc/self/status"
+STALE_AFTER_S = 6 * 3600
+"""Age after which a temporary whose creator cannot be checked (made on another host, in another pid
+namespace or boot, or by an at2-rag that did not record its pid) is taken as abandoned. The slowest
+writer, dequantising the default model or saving a large index, holds one for minutes, not hours,
+and a live writer keeps touching it; six hours leaves a wide margin while still reclaiming the
+hundreds of megabytes a killed process leaves behind."""
+_RANDOM = r"[a-z0-9_]{8}"  # the random part tempfile.mkstemp / mkdtemp put in a name
 
 
 def current_umask() -> int:
@@ -30,6 +43,73 @@ def current_umask() -> int:
     return mask
 
 
+def _owner_tag() -> str:
+    """A short hash of what makes a pid meaningful: host name, boot and pid namespace.
+
+    Only temporaries carrying this process's tag can be judged by whether their pid is alive; on
+    another host, after a reboot or from another container sharing the folder, that pid means
+    nothing here.
+    """
+    parts = [socket.gethostname()]
+    with contextlib.suppress(OSError):
+        parts.append(Path("/proc/sys/kernel/random/boot_id").read_text(encoding="ascii").strip())
+    with contextlib.suppress(OSError, AttributeError):
+        parts.append(os.readlink("/proc/self/ns/pid"))
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:8]
+
+
+def _pid_alive(pid: int) -> bool | None:
+    """Whether process ``pid`` exists on this host; None where that cannot be told safely."""
+    if os.name == "nt" or pid <= 0:  # os.kill(pid, 0) terminates the process on Windows
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # PermissionError: alive, owned by another user
+        return True
+    return True
+
+
+def _is_stale(entry: os.DirEntry, match: re.Match[str], tag: str, now: float) -> bool:
+    """Whether the temporary ``entry`` was abandoned: its creator (same host, boot and pid namespace)
+    is dead, or, when that cannot be checked, it is older than :data:`STALE_AFTER_S`. A temporary of
+    a live process on this host is never stale, however old (a recycled pid only delays cleaning)."""
+    found = match.groupdict()
+    alive = _pid_alive(int(found["pid"])) if found.get("tag") == tag else None
+    if alive is not None:
+        return not alive
+    try:
+        return now - entry.stat(follow_symlinks=False).st_mtime > STALE_AFTER_S
+    except OSError:
+        return False
+
+
+def _remove_stale(parent: Path, patterns: list[re.Pattern[str]], tag: str, *, folders: bool) -> None:
+    """Remove ``parent``'s abandoned temporaries (names matching ``patterns``; see :func:`_is_stale`)
+    left by killed processes, so a crash does not leave hundreds of megabytes behind forever."""
+    now = time.time()
+    try:
+        entries = list(os.scandir(parent))
+    except OSError:
+        return
+    for entry in entries:
+        match = next((m for p in patterns if (m := p.fullmatch(entry.name))), None)
+        is_kind = entry.is_dir(follow_symlinks=False) if folders else entry.is_file(follow_symlinks=False)
+        if match is None or not is_kind or not _is_stale(entry, match, tag, now):
+            continue
+        if folders:
+            shutil.rmtree(entry.path, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                os.unlink(entry.path)
+
+
+def _creator(tag: str) -> str:
+    """What identifies a temporary's creator in its name: ``<tag>-<pid>-``."""
+    return f"{tag}-{os.getpid()}-"
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary sibling of ``path`` to write; move it into place when the block ends.
@@ -38,10 +118,16 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     file (``0o666`` less the umask, not ``mkstemp``'s ``0o600``) and replaces ``path`` in one step
     (``os.replace``), so readers see the old file or the new one, never half of one. If the block
     raises, the temporary file is removed and ``path`` is left as it was. Parent folders are created.
+    The temporary is named ``<name>.<tag>-<pid>-XXXXXXXX.tmp``, so ones left by killed processes
+    are removed on a later write (see :func:`_is_stale`).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    pattern = re.compile(re.escape(path.name) + rf"\.(?P<tag>[0-9a-f]{{8}})-(?P<pid>\d+)-{_RANDOM}\.tmp")
+    tag = _owner_tag()
+    _remove_stale(path.parent, [pattern], tag, folders=False)
+    prefix = f"{path.name}.{_creator(tag)}"
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=prefix, suffix=".tmp")
     os.close(fd)
     tmp = Path(name)
     try:
@@ -65,12 +151,26 @@ def atomic_folder(folder: Path, complete: str) -> Iterator[Path]:
     """Yield a temporary sibling of ``folder`` to fill; rename it into place when the block ends.
 
     ``complete`` names a file that only a finished folder holds: if another process finished
-    ``folder`` first, its copy is kept. A crash leaves no half folder that is later read as valid.
+    ``folder`` first, its copy is kept. A crash leaves no half folder that is later read as valid,
+    and the temporary it leaves (``<name>.tmp-<tag>-<pid>-XXXXXXXX``) is removed by the next use
+    once its creator is dead (see :func:`_is_stale`). The finished folder gets the permissions a
+    plain ``mkdir`` would give (``0o777`` less the umask, not ``mkdtemp``'s ``0o700``), so a shared
+    cache is readable by others; the files inside keep what the caller gave them.
     """
+    folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=folder.name + ".tmp"))
+    name = re.escape(folder.name)
+    patterns = [
+        re.compile(name + rf"\.tmp-(?P<tag>[0-9a-f]{{8}})-(?P<pid>\d+)-{_RANDOM}"),
+        re.compile(name + rf"\.tmp{_RANDOM}"),  # left by at2-rag before pids were recorded
+    ]
+    tag = _owner_tag()
+    _remove_stale(folder.parent, patterns, tag, folders=True)
+    prefix = f"{folder.name}.tmp-{_creator(tag)}"
+    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=prefix))
     try:
         yield tmp
+        os.chmod(tmp, 0o777 & ~current_umask())
         try:
             os.replace(tmp, folder)
         except OSError:
@@ -78,3 +178,28 @@ def atomic_folder(folder: Path, complete: str) -> Iterator[Path]:
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def write_error(folder: Path) -> OSError | None:
+    """Why files cannot be created in ``folder`` (made if missing), or None when they can: checked
+    before expensive work whose result would be thrown away if it could not be saved there."""
+    try:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        return exc
+    return None
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` with every non-finite float (NaN, ±inf) replaced by None, in nested dicts, lists and
+    tuples: JSON has no NaN or infinity, and ``json.dumps`` would otherwise write ``NaN``, which strict
+    parsers reject."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: json_safe(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(item) for item in value]
+    return value

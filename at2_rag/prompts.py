@@ -17,7 +17,7 @@ from typing import Any, Literal, Union
 
 import torch
 
-from .documents import Document, DocumentLike, as_documents, document_header
+from .documents import Document, DocumentLike, as_documents, check_encodable, document_header
 from .errors import InputError
 from .sentences import split_sentences
 
@@ -153,6 +153,7 @@ def build_prompt(
     """Tokenize the RAG prompt for ``question`` over ``documents`` and locate every source."""
     if not isinstance(question, str) or not question.strip():
         raise InputError("the question must be a non-empty string")
+    check_encodable(question, "the question")
     _check_granularity(granularity)
     docs = as_documents(documents)
     before, after = template_parts(tokenizer, system_prompt)

@@ -14,8 +14,14 @@ _ABBREVIATIONS = frozenset(
     "mr mrs ms dr prof sr jr st vs etc e.g i.e u.s u.k no fig al approx dept est inc ltd co corp "
     "jan feb mar apr jun jul aug sep sept oct nov dec mt ft gen col lt sgt rev".split()
 )
-_TERMINAL = re.compile(r"[.!?…]+[\"'”’)\]]*(?=\s)|[。！？]+[」』”’)\]]*")
+# A run of end marks (not preceded by another, so a long run of periods is scanned once, and
+# possessive, since giving back a mark never lets the match end before whitespace) and any closing
+# quotes, before whitespace; or CJK end marks, which need no space after them.
+_TERMINAL = re.compile(r"(?<![.!?…])[.!?…]++[\"'”’)\]]*+(?=\s)|[。！？]+[」』”’)\]]*")
 _BLANK_LINES = re.compile(r"\n\s*\n")
+_NON_SPACE = re.compile(r"\S")
+# Longer than any abbreviation: the backward scan for the word before a period stops there.
+_MAX_ABBREVIATION_SCAN = 64
 
 
 def split_sentences(text: str) -> list[tuple[int, int]]:
@@ -46,14 +52,23 @@ def split_sentences(text: str) -> list[tuple[int, int]]:
 
 
 def _is_abbreviation(text: str, period: int) -> bool:
-    word = re.search(r"([\w.]+)$", text[:period])
-    if word is None:
-        return False
-    token = word.group(1).lower().rstrip(".")
+    """Whether the word before ``text[period]`` is an abbreviation (a bounded backward scan, no copies)."""
+    end = period
+    if end > 0 and text[end - 1] == "\n":  # as the original regex's "$", which also matched before a final "\n"
+        end -= 1
+    while end > 0 and text[end - 1] == ".":  # trailing periods do not count (only before a CJK mark)
+        end -= 1
+    start = end
+    while start > 0 and (text[start - 1].isalnum() or text[start - 1] in "._"):  # the characters of [\w.]
+        start -= 1
+        if end - start > _MAX_ABBREVIATION_SCAN:
+            return False  # far longer than any abbreviation
+    token = text[start:end].lower()
     # Single letters ("J. Smith") and known abbreviations do not end sentences.
     return token in _ABBREVIATIONS or (len(token) == 1 and token.isalpha())
 
 
 def _next_word_is_lowercase(text: str, pos: int) -> bool:
-    rest = text[pos:].lstrip()
-    return bool(rest) and rest[0].islower()
+    """Whether the first non-space character at or after ``pos`` is lowercase (scans, never copies)."""
+    found = _NON_SPACE.search(text, pos)
+    return found is not None and found.group().islower()

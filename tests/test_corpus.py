@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import base64
+import codecs
 import json
+import os
+import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -57,13 +62,182 @@ def test_load_folder(tmp_path):
 @pytest.mark.parametrize("setup, match", [
     (lambda p: p / "missing", "does not exist"),
     (lambda p: p, "no .txt or .md files"),
-    (lambda p: (p / "x.txt").write_bytes(b"\xff\xfe\x00bad") and p, "no readable text"),
+    # (PNG-like bytes: the earlier b"\xff\xfe\x00bad" is a UTF-16 byte-order mark and two valid characters.)
+    (lambda p: (p / "x.txt").write_bytes(PNG) and p, "no readable text"),
 ])
 def test_load_folder_bad_input(tmp_path, setup, match):
     path = setup(tmp_path)
     with pytest.warns(UserWarning) if match == "no readable text" else _nothing():
         with pytest.raises(InputError, match=match):
             load_folder(path)
+
+
+PNG = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x00\x10\x08\x06\x00\x00\x00\x1f\xf3\xffa"
+
+
+def test_chunks_never_exceed_the_character_cap_even_for_a_base64_blob():
+    from at2_rag.app.corpus import MAX_CHUNK_CHARS
+
+    blob = base64.b64encode(bytes(range(256)) * 200).decode()[:60_000]  # an inlined image: no whitespace
+    text = f"# Route\n\nThe map shows the route.\n\n![map](data:image/png;base64,{blob})\n\nIt is cold. Bring a coat."
+    chunks = chunk_text(text)
+    assert all(0 < b - a <= MAX_CHUNK_CHARS for a, b in chunks)
+    assert all(b1 <= a2 for (_, b1), (a2, _) in zip(chunks, chunks[1:]))
+    assert all(text[a:b] == text[a:b].strip() for a, b in chunks)
+    # Every non-space character is in exactly one chunk, in order: the blob is cut, nothing is lost.
+    assert "".join(c for a, b in chunks for c in text[a:b].split()) == "".join(text.split())
+    assert [text[a:b] for a, b in chunks][:2] == ["# Route", "The map shows the route."]
+    assert text[chunks[-1][0] : chunks[-1][1]] == "It is cold. Bring a coat."
+    blob_line = f"![map](data:image/png;base64,{blob})"
+    assert len(chunks) == 3 + -(-len(blob_line) // MAX_CHUNK_CHARS)  # the blob's line cut at the cap
+
+
+@settings(max_examples=150, deadline=None)
+@given(text=TEXT, limit=st.integers(1, 30), max_chars=st.integers(7, 80))
+def test_chunks_stay_within_a_character_cap(text, limit, max_chars):
+    chunks = chunk_text(text, limit, max_chars=max_chars)
+    assert [w for a, b in chunks for w in text[a:b].split()] == text.split()  # words fit: 6 letters, a period
+    assert all(len(text[a:b].split()) <= limit and b - a <= max_chars for a, b in chunks)
+    assert all(b1 <= a2 for (_, b1), (a2, _) in zip(chunks, chunks[1:]))
+
+
+def test_chunk_limits_must_be_positive():
+    with pytest.raises(InputError, match="chunk_words must be at least 1"):
+        chunk_text("Some text.", 0)
+    with pytest.raises(InputError, match="max_chars must be at least 1"):
+        chunk_text("Some text.", max_chars=0)
+
+
+def test_load_folder_decodes_byte_order_marks_and_legacy_encodings(tmp_path):
+    text = "Grüße aus Zürich. Der Weg ist lang."
+    (tmp_path / "a16.txt").write_bytes(text.encode("utf-16"))  # with a byte-order mark
+    (tmp_path / "b16be.txt").write_bytes(b"\xfe\xff" + text.encode("utf-16-be"))
+    (tmp_path / "c32.txt").write_bytes(text.encode("utf-32"))
+    (tmp_path / "d8bom.txt").write_bytes(text.encode("utf-8-sig"))
+    (tmp_path / "e1.txt").write_bytes("Un café au lait, s'il vous plaît.".encode("latin-1"))
+    (tmp_path / "f1252.txt").write_bytes("It’s a “quoted” café.".encode("cp1252"))
+    (tmp_path / "g-bad.txt").write_bytes(("Zürich is nice. " * 20).encode() + b"\xff" + b" The end.")
+    (tmp_path / "h-ascii-bad.txt").write_bytes(b"Plain text with one bad \x9d byte.")
+    (tmp_path / "i8bom-bad.txt").write_bytes(codecs.BOM_UTF8 + ("Grüße. " * 30).encode() + b"\xc3(")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing is skipped
+        docs = {d.metadata["source"]: d.text for d in load_folder(tmp_path, chunk_words=500)}
+    assert docs["a16.txt"] == docs["b16be.txt"] == docs["c32.txt"] == docs["d8bom.txt"] == text
+    assert docs["e1.txt"] == "Un café au lait, s'il vous plaît."
+    assert docs["f1252.txt"] == "It’s a “quoted” café."
+    assert docs["g-bad.txt"].startswith("Zürich is nice.") and docs["g-bad.txt"].endswith("\ufffd The end.")
+    assert docs["h-ascii-bad.txt"].startswith("Plain text with one bad ")
+    assert docs["i8bom-bad.txt"].startswith("Grüße.") and docs["i8bom-bad.txt"].endswith("\ufffd(")
+
+
+def test_load_folder_skips_binary_files_and_names_every_one(tmp_path):
+    (tmp_path / "good.txt").write_text("Readable text.", encoding="utf-8")
+    names = [f"image{i}.md" for i in range(7)]
+    for name in names:
+        (tmp_path / name).write_bytes(PNG)
+    (tmp_path / "noise.txt").write_bytes(bytes(range(1, 32)) * 40)  # control characters, no NUL
+    (tmp_path / "utf16-nul.txt").write_bytes(b"\xff\xfe" + b"a\x00\x00\x00b\x00")  # a NUL character
+    with pytest.warns(UserWarning, match="skipped 9 binary or unreadable file") as caught:
+        docs = load_folder(tmp_path)
+    message = str(caught[0].message)
+    assert [d.text for d in docs] == ["Readable text."]
+    assert all(name in message for name in names + ["noise.txt", "utf16-nul.txt"]), message
+    assert "\n" not in message
+
+
+def test_load_folder_warning_lists_twenty_and_keeps_the_full_list(tmp_path):
+    (tmp_path / "good.txt").write_text("Readable text.", encoding="utf-8")
+    for i in range(25):
+        (tmp_path / f"bin{i:02d}.txt").write_bytes(PNG)
+    with pytest.warns(UserWarning, match="skipped 25 binary") as caught:
+        load_folder(tmp_path)
+    warning = caught[0].message
+    assert "and 5 more" in str(warning) and "bin19.txt" in str(warning) and "bin20.txt" not in str(warning)
+    assert [name for name, _ in warning.skipped] == [f"bin{i:02d}.txt" for i in range(25)]
+
+
+def test_load_folder_skips_a_file_it_cannot_read(tmp_path, monkeypatch):
+    (tmp_path / "good.txt").write_text("Readable text.", encoding="utf-8")
+    (tmp_path / "locked.txt").write_text("Secret.", encoding="utf-8")
+    read_bytes = Path.read_bytes
+
+    def refuse(self):
+        if self.name == "locked.txt":
+            raise PermissionError(13, "Permission denied", str(self))
+        return read_bytes(self)
+
+    monkeypatch.setattr(Path, "read_bytes", refuse)
+    with pytest.warns(UserWarning, match=r"skipped 1 .*locked\.txt \(Permission denied\)"):
+        docs = load_folder(tmp_path)
+    assert [d.text for d in docs] == ["Readable text."]
+
+
+def test_load_folder_skips_a_mode_000_file(tmp_path):
+    (tmp_path / "good.txt").write_text("Readable text.", encoding="utf-8")
+    locked = tmp_path / "locked.txt"
+    locked.write_text("Secret.", encoding="utf-8")
+    locked.chmod(0)
+    try:
+        if _can_read(locked):
+            pytest.skip(f"this user (uid {os.geteuid()}) can read a mode-000 file: root")
+        with pytest.warns(UserWarning, match=r"locked\.txt \(Permission denied\)"):
+            docs = load_folder(tmp_path)
+    finally:
+        locked.chmod(0o600)
+    assert [d.text for d in docs] == ["Readable text."]
+
+
+def _can_read(path: Path) -> bool:
+    """Whether this process can read ``path`` (root can, whatever its mode)."""
+    try:
+        path.read_bytes()
+    except PermissionError:
+        return False
+    return True
+
+
+def _link_tree(tmp_path):
+    """A corpus folder with links out of it (to a file and a folder), inside it, and in loops."""
+    outside = tmp_path / "outside"
+    (outside / "deep").mkdir(parents=True)
+    (outside / "secret.txt").write_text("Outside secret.", encoding="utf-8")
+    (outside / "deep" / "more.txt").write_text("Outside folder text.", encoding="utf-8")
+    corpus = tmp_path / "corpus"
+    (corpus / "sub").mkdir(parents=True)
+    (corpus / "own.txt").write_text("Own text.", encoding="utf-8")
+    (corpus / "sub" / "inner.txt").write_text("Inner text.", encoding="utf-8")
+    (corpus / "secret.txt").symlink_to(outside / "secret.txt")
+    (corpus / "deep").symlink_to(outside / "deep", target_is_directory=True)
+    (corpus / "again.txt").symlink_to(corpus / "sub" / "inner.txt")  # inside: read once, not twice
+    (corpus / "sub" / "up").symlink_to(corpus, target_is_directory=True)  # a folder loop
+    (corpus / "x.txt").symlink_to(corpus / "y.txt")  # a link loop
+    (corpus / "y.txt").symlink_to(corpus / "x.txt")
+    return corpus
+
+
+def test_load_folder_does_not_follow_links_out_of_the_folder(tmp_path):
+    corpus = _link_tree(tmp_path)
+    with pytest.warns(UserWarning, match=r"2 symbolic link.*--follow-links") as caught:
+        docs = load_folder(corpus)
+    assert "\n" not in str(caught[0].message)
+    assert sorted(d.text for d in docs) == ["Inner text.", "Own text."]
+    assert "sub/inner.txt" in {d.metadata["source"] for d in docs}
+
+
+def test_load_folder_follows_links_when_asked(tmp_path):
+    corpus = _link_tree(tmp_path)
+    docs = load_folder(corpus, follow_links=True)
+    assert sorted(d.text for d in docs) == ["Inner text.", "Outside folder text.", "Outside secret.", "Own text."]
+    assert {d.metadata["source"] for d in docs} >= {"secret.txt", "deep/more.txt", "sub/inner.txt"}
+
+
+def test_load_folder_with_only_links_out_says_how_to_follow_them(tmp_path):
+    (tmp_path / "outside.txt").write_text("Outside text.", encoding="utf-8")
+    (tmp_path / "corpus").mkdir()
+    (tmp_path / "corpus" / "link.txt").symlink_to(tmp_path / "outside.txt")
+    with pytest.raises(InputError, match=r"no \.txt or \.md files.*--follow-links.* 1 link"):
+        load_folder(tmp_path / "corpus")
+    assert [d.text for d in load_folder(tmp_path / "corpus", follow_links=True)] == ["Outside text."]
 
 
 class _nothing:

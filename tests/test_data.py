@@ -67,3 +67,13 @@ def test_build_nq_rag_on_a_sample(tmp_path):
             assert ex["documents"][ex["gold_rank"]]["id"] in ex["gold_document_ids"]
     # MiniLM finds the gold passage first for most questions in this pool.
     assert stats["gold_top1"] >= 20
+
+
+def test_write_jsonl_gz_is_byte_reproducible(tmp_path):
+    """No file name or time in the gzip header: the same examples give the same bytes (and hash)."""
+    import time
+
+    rows = [{"id": "a", "question": "Q?", "documents": [{"id": "d", "text": "T."}]}]
+    first = write_jsonl(tmp_path / "one.jsonl.gz", rows).read_bytes()
+    time.sleep(1.1)
+    assert write_jsonl(tmp_path / "two.jsonl.gz", rows).read_bytes() == first

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 
 import numpy as np
@@ -20,6 +19,7 @@ from at2_rag.research.evaluation import (
     fit_surrogate,
     lds,
     make_method,
+    read_rows,
     run_evaluation,
     spearman,
     topk_drop,
@@ -176,7 +176,9 @@ def test_runner_and_cli_end_to_end_and_resume(tmp_path, attributor, capsys, monk
     out = str(tmp_path / "res.json")
     summary = run_evaluation(attributor, str(data), methods, out, split=None, k=3, n_masks=8,
                              max_new_tokens=16, progress=False)
-    rows = [json.loads(line) for line in open(out + ".rows.jsonl")]
+    stored = read_rows(out + ".rows.jsonl")  # an options header, then one row per line
+    assert stored.options["methods"] == [m.name for m in methods] and stored.options["k"] == 3
+    rows = stored.rows
     assert [r["id"] for r in rows] == ["q1", "q2"]
     for r in rows:
         m = r["methods"]
@@ -194,9 +196,14 @@ def test_runner_and_cli_end_to_end_and_resume(tmp_path, attributor, capsys, monk
     monkeypatch.setattr(runner, "evaluate_example", lambda *a, **k: pytest.fail("recomputed a finished row"))
     monkeypatch.setattr("at2_rag.app.cli._attributor", lambda args, estimator=None, **kw: attributor)
     assert main(["evaluate", "--data", str(data), "--methods", "at2,avg_attention,contextcite:8,loo,retriever",
-                 "--split", "all", "--k", "3", "--masks", "8", "--out", out]) == 0
+                 "--split", "all", "--k", "3", "--masks", "8", "--max-new-tokens", "16", "--out", out]) == 0
     printed = capsys.readouterr().out
     assert "contextcite:8" in printed and "LDS" in printed
+    # Other options (here the default --max-new-tokens 48) are refused rather than mixed into these rows.
+    assert main(["evaluate", "--data", str(data), "--methods", "at2,avg_attention,contextcite:8,loo,retriever",
+                 "--split", "all", "--k", "3", "--masks", "8", "--out", out]) == 2
+    err = capsys.readouterr().err
+    assert "--max-new-tokens 48" in err and "another --out or the same options" in err and err.count("\n") == 1
     assert main(["evaluate", "--data", str(data), "--methods", "at2,bogus", "--out", out]) == 2
     assert "unknown method" in capsys.readouterr().err
     assert main(["evaluate", "--data", str(data), "--split", "train", "--out", out]) == 2

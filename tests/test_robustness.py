@@ -130,7 +130,7 @@ def test_trust_remote_code_is_off_unless_asked(monkeypatch):
 
 
 def test_default_cache_write_is_atomic(monkeypatch, tmp_path):
-    """A crash while writing the model cache leaves nothing that a later load would trust."""
+    """A failure while writing the model cache leaves nothing that a later load would trust."""
     import safetensors.torch
     import transformers
     from tiny_models import tiny_model
@@ -144,7 +144,8 @@ def test_default_cache_write_is_atomic(monkeypatch, tmp_path):
         raise OSError("disk full (simulated)")
 
     monkeypatch.setattr(safetensors.torch, "save_model", crash)
-    with pytest.raises(OSError, match="simulated"):
-        models._cached_default()
+    # The failure is reported (one warning) and the caller loads in memory instead: no cache folder.
+    with pytest.warns(UserWarning, match=r"cannot be written \(disk full \(simulated\)\).*AT2_RAG_CACHE"):
+        assert models._cached_default() is None
     root = tmp_path / "models"
     assert not root.exists() or not list(root.iterdir())

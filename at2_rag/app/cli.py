@@ -5,13 +5,29 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
+
+from ..files import json_safe
+from .checks import (
+    estimator_file,
+    input_file,
+    masks_count,
+    open_fraction,
+    output_file,
+    positive_int,
+    read_text_file,
+)
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="default", help="'default', a .gguf file, a folder or a hub id")
     p.add_argument("--device", default=None, help="cpu (default), cuda, cuda:1, ...")
     p.add_argument("--dtype", default=None, help="float32 (default), bfloat16, float16 or auto")
+
+
+def _add_on_error(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--on-error", choices=["raise", "skip"], default="raise",
+                   help="a malformed data row stops the run with its path:line (raise), or is skipped and "
+                        "counted in one warning (skip)")
 
 
 def _attributor(args, estimator=None, **kwargs):
@@ -25,6 +41,8 @@ def _attributor(args, estimator=None, **kwargs):
 def cmd_demo(args) -> int:
     from .demo import run_demo
 
+    estimator_file(args.estimator)
+    output_file(args.html, "HTML report")
     run_demo(
         model=args.model, estimator=args.estimator, device=args.device, dtype=args.dtype,
         questions=None if args.all else args.questions, k=args.top_k, keep=args.keep, mode=args.mode,
@@ -44,9 +62,11 @@ def cmd_ask(args) -> int:
 
     if not args.question.strip():
         raise InputError("the question is empty: ask something, e.g. at2-rag ask \"Who ...?\" --corpus DIR")
+    estimator_file(args.estimator)
+    output_file(args.html, "HTML report")
     console = rich_console(stderr=True)  # progress and notes; results go to stdout
     with console.status(f"Reading and chunking {args.corpus} ..."):
-        docs = load_folder(args.corpus, chunk_words=args.chunk_words)
+        docs = load_folder(args.corpus, chunk_words=args.chunk_words, follow_links=args.follow_links)
     with console.status(f"Indexing {len(docs)} chunks (cached after the first run) ..."):
         index = cached_index(docs)
     with console.status(f"Loading the {args.model} model ..."):
@@ -55,15 +75,15 @@ def cmd_ask(args) -> int:
                        max_new_tokens=args.max_new_tokens, full_answer=args.compare_full)
     with console.status("Retrieving, scoring, pruning and answering ..."):
         result = pipe.ask(args.question, references=args.reference_answer)
-    if args.json:
-        print(json.dumps(result.to_dict(), indent=1, ensure_ascii=False))
-    else:
-        print_result(rich_console(), result)
-    if args.html:
+    if args.html:  # first: a report is never lost to a display problem
         from .report import write_html
 
         write_html([result], args.html)
         console.print(f"HTML report written to {args.html}", highlight=False)
+    if args.json:
+        print(json.dumps(json_safe(result.to_dict()), indent=1, ensure_ascii=False, allow_nan=False))
+    else:
+        print_result(rich_console(), result)
     return 0
 
 
@@ -74,10 +94,14 @@ def cmd_evaluate(args) -> int:
     methods = [make_method(m.strip()) for m in args.methods.split(",") if m.strip()]
     if len({m.name for m in methods}) != len(methods):
         raise InputError("each method may be listed once in --methods")
+    input_file(args.data, "data file")
+    estimator_file(args.estimator)
+    output_file(args.out, "summary file")
     att = _attributor(args, args.estimator)
     summary = run_evaluation(
         att, args.data, methods, args.out, split=None if args.split == "all" else args.split,
         limit=args.limit, k=args.k, n_masks=args.masks, max_new_tokens=args.max_new_tokens,
+        on_error=args.on_error,
     )
     print(format_table(summary))
     print(f"per-example rows: {args.out}.rows.jsonl; summary and rows: {args.out}")
@@ -89,8 +113,8 @@ def _add_pipeline_args(p: argparse.ArgumentParser) -> None:
     from .pipeline import DEFAULT_KEEP, DEFAULT_RETRIEVE
 
     p.add_argument("--estimator", default="default", help="'default', a .safetensors file, or 'none' (uniform)")
-    p.add_argument("--top-k", type=_positive, default=DEFAULT_RETRIEVE, help="chunks retrieved per question")
-    p.add_argument("--keep", type=_positive, default=DEFAULT_KEEP, help="chunks kept after AT2 pruning")
+    p.add_argument("--top-k", type=positive_int, default=DEFAULT_RETRIEVE, help="chunks retrieved per question")
+    p.add_argument("--keep", type=positive_int, default=DEFAULT_KEEP, help="chunks kept after AT2 pruning")
     p.add_argument("--mode", choices=list(MODES), default="support",
                    help="support: score which chunks support a correct answer, from the question alone, fused "
                         "with the retriever's rank (best answers); draft: score what a full-context draft "
@@ -101,16 +125,11 @@ def _add_pipeline_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--html", default=None, metavar="FILE", help="also write a self-contained HTML report")
 
 
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
 def cmd_build_nq(args) -> int:
     from .nq_rag import build_nq_rag
 
+    input_file(args.source, "NQ-Open file")
+    output_file(args.out, "dataset file")
     stats = build_nq_rag(args.source, args.out, k=args.k)
     print(json.dumps(stats))
     return 0
@@ -119,11 +138,12 @@ def cmd_build_nq(args) -> int:
 def cmd_train_data(args) -> int:
     from ..research.ablation_data import generate_training_data
 
+    input_file(args.data, "data file")
     att = _attributor(args)
     paths = generate_training_data(
         att, args.data, args.out, split=args.split, limit=args.limit, k=args.k,
         n_masks=args.masks, p_keep=args.p_keep, max_new_tokens=args.max_new_tokens,
-        shard_size=args.shard_size, seed=args.seed, batch_size=args.batch_size,
+        shard_size=args.shard_size, seed=args.seed, batch_size=args.batch_size, on_error=args.on_error,
     )
     print(f"{len(paths)} shards in {args.out}")
     return 0
@@ -133,6 +153,7 @@ def cmd_train(args) -> int:
     from ..models import model_identity
     from ..research.fitting import train_estimator
 
+    output_file(args.out, "estimator file")
     est, _ = train_estimator(
         args.data, model_identity(args.model), kind=args.kind, validation_dir=args.validation,
         steps=args.steps, lr=args.lr, batch_size=args.batch_size, weight_decay=args.weight_decay,
@@ -144,10 +165,11 @@ def cmd_train(args) -> int:
 
 
 def cmd_attribute(args) -> int:
+    docs = [read_text_file(p) for p in args.documents]
+    estimator_file(args.estimator)
     att = _attributor(args, args.estimator, granularity=args.granularity)
-    docs = [Path(p).read_text(encoding="utf-8") for p in args.documents]
     result = att.generate(args.question, docs) if args.answer is None else att.attribute(args.question, docs, args.answer)
-    print(json.dumps(result.to_dict(), indent=1) if args.json else str(result))
+    print(json.dumps(json_safe(result.to_dict()), indent=1, allow_nan=False) if args.json else str(result))
     return 0
 
 
@@ -158,7 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="the main job: retrieve, prune with AT2, regenerate and cite on a sample corpus")
     _add_model_args(p)
     _add_pipeline_args(p)
-    p.add_argument("--questions", type=_positive, default=3, help="how many sample questions to answer")
+    p.add_argument("--questions", type=positive_int, default=3, help="how many sample questions to answer")
     p.add_argument("--all", action="store_true", help="answer every sample question")
     p.set_defaults(func=cmd_demo)
 
@@ -167,8 +189,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_pipeline_args(p)
     p.add_argument("question")
     p.add_argument("--corpus", required=True, help="a folder of .txt / .md files (searched recursively)")
-    p.add_argument("--chunk-words", type=_positive, default=120, help="words per chunk (whole sentences)")
-    p.add_argument("--max-new-tokens", type=_positive, default=64)
+    p.add_argument("--chunk-words", type=positive_int, default=120, help="words per chunk (whole sentences)")
+    p.add_argument("--follow-links", action="store_true",
+                   help="also read symbolic links that point outside the corpus folder (skipped by default)")
+    p.add_argument("--max-new-tokens", type=positive_int, default=64)
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--reference-answer", action="append", default=None, metavar="TEXT",
                    help="an accepted answer (repeatable): both answers are then marked correct or incorrect")
@@ -191,17 +215,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", default="at2,avg_attention,contextcite:32,loo,embedding,retriever",
                    help="comma-separated: at2, at2:FILE, avg_attention, loo, contextcite:N, embedding, retriever")
     p.add_argument("--split", default="test", choices=["train", "validation", "test", "all"])
-    p.add_argument("--limit", type=_positive, default=None)
-    p.add_argument("--k", type=_positive, default=5, help="documents per example (sources are their sentences)")
-    p.add_argument("--masks", type=_positive, default=32, help="fresh random ablations for the LDS")
-    p.add_argument("--max-new-tokens", type=_positive, default=48)
+    p.add_argument("--limit", type=positive_int, default=None)
+    p.add_argument("--k", type=positive_int, default=5, help="documents per example (sources are their sentences)")
+    p.add_argument("--masks", type=masks_count, default=32, help="fresh random ablations for the LDS")
+    _add_on_error(p)
+    p.add_argument("--max-new-tokens", type=positive_int, default=48)
     p.add_argument("--out", default="results.json")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("build-nq", help="build the NQ-RAG dataset (MiniLM + FAISS retrieval)")
     p.add_argument("--source", default="../shared/data/nq_open_dev.jsonl.gz")
     p.add_argument("--out", default="data/nq_rag.jsonl.gz")
-    p.add_argument("--k", type=int, default=10)
+    p.add_argument("--k", type=positive_int, default=10)
     p.set_defaults(func=cmd_build_nq)
 
     p = sub.add_parser("train-data", help="generate ablation training data (sharded, resumable)")
@@ -209,13 +234,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="JSONL(.gz) in at2-rag's format")
     p.add_argument("--out", required=True, help="folder for the shards")
     p.add_argument("--split", default="train", choices=["train", "validation", "test"])
-    p.add_argument("--limit", type=int, default=None)
-    p.add_argument("--k", type=int, default=5, help="documents per example")
-    p.add_argument("--masks", type=int, default=32)
-    p.add_argument("--p-keep", type=float, default=0.5)
-    p.add_argument("--max-new-tokens", type=int, default=48)
-    p.add_argument("--shard-size", type=int, default=8)
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--limit", type=positive_int, default=None)
+    p.add_argument("--k", type=positive_int, default=5, help="documents per example")
+    p.add_argument("--masks", type=masks_count, default=32)
+    _add_on_error(p)
+    p.add_argument("--p-keep", type=open_fraction, default=0.5)
+    p.add_argument("--max-new-tokens", type=positive_int, default=48)
+    p.add_argument("--shard-size", type=positive_int, default=8)
+    p.add_argument("--batch-size", type=positive_int, default=8)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_train_data)
 
@@ -227,9 +253,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--validation", default=None, help="validation shard folder (monitoring only)")
     p.add_argument("--kind", default="answer", choices=["answer", "query"])
     p.add_argument("--out", required=True)
-    p.add_argument("--steps", type=int, default=1000)
+    p.add_argument("--steps", type=positive_int, default=1000)
     p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--batch-size", type=int, default=512)
+    p.add_argument("--batch-size", type=positive_int, default=512)
     p.add_argument("--weight-decay", type=float, default=0.0)
     p.add_argument("--non-negative", action="store_true")
     p.add_argument("--seed", type=int, default=0)
@@ -250,4 +276,8 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except (AT2Error, ImportError) as e:  # bad input or a missing package: a message, not a traceback
         print(f"at2-rag: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a file problem the checks above could not foresee (disk full, a file vanished)
+        where = f": {e.filename}" if e.filename else ""
+        print(f"at2-rag: error: {e.strerror or e}{where}", file=sys.stderr)
         return 2

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -129,10 +130,10 @@ class QAResult:
 
     def bar_fractions(self) -> list[float]:
         """Each chunk's keep score as a 0–1 bar length (lowest finite score 0, highest 1), for every view."""
-        finite = [k for k in self.keep_scores if k != float("-inf")]
+        finite = [k for k in self.keep_scores if math.isfinite(k)]
         lo, hi = (min(finite), max(finite)) if finite else (0.0, 0.0)
         span = hi - lo
-        return [0.0 if k == float("-inf") else (1.0 if span == 0 else (k - lo) / span) for k in self.keep_scores]
+        return [0.0 if not math.isfinite(k) else (1.0 if span == 0 else (k - lo) / span) for k in self.keep_scores]
 
     @property
     def kept(self) -> list[int]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import html
 from collections.abc import Sequence
 
+from ..files import atomic_write_text
 from .pipeline import AnswerComparison, QAResult, correctness_tally
 
 _CSS = """
@@ -63,8 +64,8 @@ def render_html(results: Sequence[QAResult], title: str = "at2-rag report") -> s
 
 
 def write_html(results: Sequence[QAResult], path: str, title: str = "at2-rag report") -> None:
-    with open(path, "w", encoding="utf-8") as fh:
-        fh.write(render_html(results, title))
+    """Write the report atomically: a crash or a full disk leaves the previous file or none."""
+    atomic_write_text(path, render_html(results, title))
 
 
 def _question(n: int, r: QAResult) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -108,7 +109,8 @@ class VectorIndex:
 def cached_index(documents: Sequence[Document], cache: str | Path | None = None, embedder=None) -> VectorIndex:
     """The index for ``documents``, from the cache when it holds one for exactly these documents.
 
-    ``cache`` is the folder holding cached indexes (default: ``indexes/`` in at2-rag's cache).
+    ``cache`` is the folder holding cached indexes (default: ``indexes/`` in at2-rag's cache). When it
+    cannot be written, a warning says so and the index built in memory is returned.
     """
     from ..models import cache_dir
 
@@ -125,7 +127,14 @@ def cached_index(documents: Sequence[Document], cache: str | Path | None = None,
         except InputError:
             pass  # rebuilt below
     index = VectorIndex.build(documents, embedder)
-    index.save(folder)
+    try:
+        index.save(folder)
+    except OSError as exc:  # an unwritable cache costs a rebuild next time, not this answer
+        warnings.warn(
+            f"the index cache {folder.parent} cannot be written ({exc.strerror or exc}); the index is kept "
+            "in memory and rebuilt next time: set AT2_RAG_CACHE (or pass cache=) to a writable folder",
+            stacklevel=2,
+        )
     return index
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any
 
 import torch
@@ -12,12 +12,14 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from ..attributor import AT2Attributor
+from ..errors import InputError
 from ..estimator import ModelIdentity
 from ..files import atomic_path, atomic_write_text
 from ..prompts import encode
 from ..seeds import stable_hash
 from .ablation import answer_token_logprobs, random_masks, span_targets
-from .data import is_correct, read_jsonl, shuffled_documents
+from .data import OnError, data_identity, is_correct, read_selection, shuffled_documents
+from .options import at_least, mask_count, open_fraction
 
 SHARD_FORMAT = "at2-rag-ablation-shard"
 
@@ -159,11 +161,14 @@ def generate_support_data(
     seed: int = 0,
     batch_size: int = 32,
     progress: bool = True,
+    on_error: OnError = "raise",
 ) -> list[Path]:
     """Support shards (one record per example and (k, order) config); resumable like the others."""
-    examples = read_jsonl(data_path, split=split, limit=limit)
+    _check_configs(configs)
+    _check_counts(n_masks=n_masks, p_keep=p_keep, shard_size=shard_size, batch_size=batch_size)
+    examples = read_selection(data_path, split, limit, on_error)
     recipe = {
-        "kind": "support", "data": Path(data_path).name, "split": split,
+        "kind": "support", **data_identity(data_path), "split": split,
         "configs": [list(c) for c in configs], "n_masks": n_masks, "p_keep": p_keep, "seed": seed,
         "granularity": "document", "target": "reference answer",
         "model": ModelIdentity.of(attributor.model).name,
@@ -179,17 +184,55 @@ def generate_support_data(
     return _write_shards(Path(out_dir), examples, recipe, records, shard_size, "support data", progress)
 
 
+def _check_configs(configs: tuple[tuple[int, str], ...]) -> None:
+    """Support configs: at least one ``(k ≥ 1, order)`` pair."""
+    if not configs:
+        raise InputError("configs is empty; give at least one (k, order) pair, e.g. ((10, 'retriever'),)")
+    for k, order in configs:
+        at_least("k of a config", k, 1, " (documents per example)")
+        if order not in SUPPORT_ORDERS:
+            raise InputError(f"unknown document order {order!r} in configs; use one of {', '.join(SUPPORT_ORDERS)}")
+
+
+def _check_counts(*, n_masks: int, p_keep: float, shard_size: int, batch_size: int) -> None:
+    """The options both kinds of shard share, checked before any data is read or model run."""
+    mask_count(n_masks)
+    open_fraction("p_keep", p_keep)
+    at_least("shard_size", shard_size, 1, " (examples per shard)")
+    at_least("batch_size", batch_size, 1, " (ablations per forward pass)")
+
+
+def portable_recipe(recipe: dict[str, Any]) -> dict[str, Any]:
+    """``recipe`` with its data file named by file name only (older recipes held this machine's path)."""
+    if not isinstance(recipe.get("data"), str):
+        return recipe
+    return {**recipe, "data": PurePath(recipe["data"]).name}
+
+
+def _recipe_differences(stored: dict[str, Any], recipe: dict[str, Any]) -> list[str]:
+    """The keys in which ``stored`` shards differ from ``recipe``; an older recipe (a data path, no data
+    hash) is compared by file name and without the hash, so its folder still resumes."""
+    stored = portable_recipe(stored)
+    keys = set(stored) | set(recipe)
+    if "data_sha256" not in stored:
+        keys.discard("data_sha256")
+    return sorted(key for key in keys if stored.get(key) != recipe.get(key))
+
+
 def _write_shards(out: Path, examples, recipe, records, shard_size: int, desc: str, progress: bool) -> list[Path]:
     """Write ``shard-NNNNN.safetensors`` files of the records each example yields; complete shards
     already on disk are kept, so an interrupted run resumes (a different recipe is refused)."""
     from tqdm.auto import tqdm
 
-    out.mkdir(parents=True, exist_ok=True)
     manifest = out / "recipe.json"
-    if manifest.exists() and json.loads(manifest.read_text()) != recipe:
-        raise ValueError(
-            f"{out} holds shards made with another recipe ({manifest}); use a new folder or the same options"
-        )
+    if manifest.exists():
+        differ = _recipe_differences(json.loads(manifest.read_text(encoding="utf-8")), recipe)
+        if differ:
+            raise InputError(
+                f"{out} holds shards made with another recipe (differing in {', '.join(differ)}; see {manifest}); "
+                "use a new folder or the same options"
+            )
+    out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(manifest, json.dumps(recipe, indent=1, sort_keys=True))
     paths = []
     bar = tqdm(total=len(examples), desc=desc, unit="ex", disable=not progress)
@@ -231,16 +274,20 @@ def generate_training_data(
     seed: int = 0,
     batch_size: int = 8,
     progress: bool = True,
+    on_error: OnError = "raise",
 ) -> list[Path]:
     """Answer data: shards ``shard-00000.safetensors`` …; existing complete shards are kept (resumable).
 
     For each example the model generates its own answer (greedy) while AT2 features are captured;
     then ``n_masks`` random keep-masks over the sources are ablated and every answer sentence's
-    logit-probability is measured (:func:`build_record`).
+    logit-probability is measured (:func:`build_record`). Counts are checked first (:class:`InputError`).
     """
-    examples = read_jsonl(data_path, split=split, limit=limit)
+    at_least("k", k, 1, " (documents per example)")
+    at_least("max_new_tokens", max_new_tokens, 1, " (tokens of the answer)")
+    _check_counts(n_masks=n_masks, p_keep=p_keep, shard_size=shard_size, batch_size=batch_size)
+    examples = read_selection(data_path, split, limit, on_error)
     recipe = {
-        "data": str(data_path), "split": split, "k": k, "n_masks": n_masks, "p_keep": p_keep,
+        **data_identity(data_path), "split": split, "k": k, "n_masks": n_masks, "p_keep": p_keep,
         "max_new_tokens": max_new_tokens, "seed": seed, "granularity": "sentence",
         "model": ModelIdentity.of(attributor.model).name,
     }
@@ -260,10 +307,18 @@ def _save_shard(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, An
         save_file(tensors, str(tmp), metadata={"at2_rag": json.dumps(meta)})
 
 
+def shard_paths(shard_dir: str | Path) -> list[Path]:
+    """The shard files of a folder, in order; a missing or empty folder is an :class:`InputError`."""
+    paths = sorted(Path(shard_dir).glob("shard-*.safetensors"))
+    if not paths:
+        raise InputError(f"no shards in {shard_dir} (expected shard-*.safetensors files made by `at2-rag train-data`)")
+    return paths
+
+
 def load_records(shard_dir: str | Path) -> list[tuple[dict[str, torch.Tensor], dict[str, Any]]]:
-    """Every example stored in a folder of shards, in shard order."""
+    """Every example stored in a folder of shards, in shard order (see :func:`shard_paths`)."""
     records = []
-    for path in sorted(Path(shard_dir).glob("shard-*.safetensors")):
+    for path in shard_paths(shard_dir):
         with safe_open(str(path), "pt") as fh:
             meta = json.loads(fh.metadata()["at2_rag"])
             keys = list(fh.keys())
@@ -288,5 +343,7 @@ __all__ = [
     "generate_support_data",
     "generate_training_data",
     "load_records",
+    "portable_recipe",
+    "shard_paths",
     "support_documents",
 ]

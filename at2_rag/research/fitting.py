@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -11,8 +12,10 @@ from typing import Protocol
 
 import torch
 
+from ..errors import InputError
 from ..estimator import Estimator, ModelIdentity
-from .ablation_data import load_records
+from .ablation_data import load_records, portable_recipe, shard_paths
+from .options import at_least
 
 
 @dataclass
@@ -54,7 +57,10 @@ def make_instances(records, kind: str = "answer", *, calibrated: bool = False) -
             signs.append(masks)
             ys.append(y)
     if not feats:
-        raise ValueError("no usable training instances (every target was constant or infinite)")
+        raise InputError(
+            "no usable training instances (every target was constant or infinite); generate data with more "
+            "examples or masks"
+        )
     s_max = max(f.shape[1] for f in feats)
     pad = lambda x: torch.nn.functional.pad(x, (0, s_max - x.shape[-1]))  # noqa: E731
     return Instances(
@@ -145,6 +151,7 @@ def fit_estimator(
     ``non_negative=True`` is shorthand for adding :class:`NonNegative` first. The history's
     ``val_pearson`` is the Pearson correlation on ``validation``, whatever the loss.
     """
+    check_fit_options(steps=steps, lr=lr, batch_size=batch_size, log_every=log_every)
     loss_fn = NegativePearson() if loss is None else loss
     constraints = [L1Normalized()] if constraints is None else list(constraints)
     if non_negative and not any(isinstance(c, NonNegative) for c in constraints):
@@ -183,6 +190,16 @@ def fit_estimator(
     return weights.reshape(train.shape), history
 
 
+def check_fit_options(**options: object) -> None:
+    """Refuse ``steps``, ``batch_size``, ``log_every`` below 1 and a ``lr`` that is not a positive number."""
+    for name in ("steps", "batch_size", "log_every"):
+        if name in options:
+            at_least(name, options[name])
+    lr = options.get("lr", 1.0)
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 < lr < math.inf:
+        raise InputError(f"lr must be a positive number (the learning rate), got {lr!r}")
+
+
 def train_estimator(
     shard_dir: str | Path,
     model_identity: ModelIdentity,
@@ -191,7 +208,15 @@ def train_estimator(
     validation_dir: str | Path | None = None,
     **fit_kwargs,
 ) -> tuple[Estimator, list[dict[str, float]]]:
-    """Fit an estimator from shards (validation shards only monitor, never fit)."""
+    """Fit an estimator from shards (validation shards only monitor, never fit).
+
+    Options and folders are checked before anything is loaded (:class:`InputError`).
+    """
+    if kind not in ("answer", "query"):
+        raise InputError(f"kind must be 'answer' or 'query', got {kind!r}")
+    check_fit_options(**fit_kwargs)
+    for folder in (shard_dir, validation_dir) if validation_dir else (shard_dir,):
+        shard_paths(folder)
     records = load_records(shard_dir)
     train = make_instances(records, kind)
     val = make_instances(load_records(validation_dir), kind) if validation_dir else None
@@ -203,7 +228,7 @@ def train_estimator(
         fit["constraints"] = [c.name for c in fit_kwargs["constraints"]]
     recipe = {
         "method": getattr(fit_kwargs.get("loss"), "name", "negative-pearson"),
-        "data": json.loads(recipe_file.read_text()) if recipe_file.exists() else {},
+        "data": portable_recipe(json.loads(recipe_file.read_text())) if recipe_file.exists() else {},
         "examples": len(records),
         "instances": len(train),
         "fit": fit,
@@ -219,6 +244,7 @@ __all__ = [
     "L1Normalized",
     "NegativePearson",
     "NonNegative",
+    "check_fit_options",
     "fit_estimator",
     "make_instances",
     "mask_predictions",

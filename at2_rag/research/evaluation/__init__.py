@@ -13,6 +13,7 @@ from .methods import (
     make_method,
 )
 from .metrics import lds, mean_and_stderr, rankdata, spearman, topk_drop
+from .rows import EvaluationRows, read_rows
 from .runner import evaluate_example, format_table, run_evaluation, summarize
 
 __all__ = [
@@ -21,6 +22,7 @@ __all__ = [
     "ContextCiteSurrogate",
     "EmbeddingSimilarity",
     "EvalExample",
+    "EvaluationRows",
     "LeaveOneOut",
     "Method",
     "RetrieverOrder",
@@ -31,6 +33,7 @@ __all__ = [
     "make_method",
     "mean_and_stderr",
     "rankdata",
+    "read_rows",
     "run_evaluation",
     "spearman",
     "summarize",

@@ -10,7 +10,6 @@ document ranks first / in the top 3, and forward passes and seconds per method.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -18,11 +17,14 @@ import torch
 
 from ...attributor import AT2Attributor
 from ...errors import InputError
+from ...files import atomic_write_text, json_safe
 from ...prompts import encode
 from ..ablation import random_masks
-from ..data import is_correct, read_jsonl, shuffled_documents
+from ..data import OnError, is_correct, read_selection, shuffled_documents
+from ..options import at_least, mask_count
 from .methods import EvalExample, Method, evaluation_seed, whole_answer_targets
 from .metrics import lds, mean_and_stderr, topk_drop
+from .rows import append_row, check_same_run, prepare_rows_file, read_rows, run_options
 
 DROP_KS = (1, 3, 5)
 
@@ -78,40 +80,68 @@ def run_evaluation(
     n_masks: int = 32,
     max_new_tokens: int = 48,
     progress: bool = True,
+    on_error: OnError = "raise",
 ) -> dict:
-    """Evaluate ``methods`` on the first ``limit`` rows of ``data``; rows go to ``out + '.rows.jsonl'``
-    as they finish (a rerun skips them), the summary to ``out``."""
+    """Evaluate ``methods`` on the first ``limit`` rows of ``data``; the summary of those rows goes to ``out``.
+
+    Rows go to ``out + '.rows.jsonl'`` as they finish, after a header holding the options: a rerun
+    with the same options (any ``limit``) skips finished rows, one with other options raises
+    :class:`InputError` (see :mod:`.rows`). ``on_error="skip"`` leaves out invalid data rows (see
+    :func:`~at2_rag.research.data.read_dataset`).
+    """
+    _check_options(methods, k, n_masks, max_new_tokens)
+    examples = read_selection(data, split, limit, on_error)
     rows_path = out + ".rows.jsonl"
-    rows = _read_rows(rows_path)
-    done = {r["id"] for r in rows}
-    examples = read_jsonl(data, split=split, limit=limit)
-    if not examples:
-        raise InputError(f"{data} has no examples in the {split!r} split; pass split=None (--split all) for every row")
-    todo = [e for e in examples if str(e["id"]) not in done]
+    options = run_options(att, data, methods, split=split, k=k, n_masks=n_masks, max_new_tokens=max_new_tokens)
+    stored = read_rows(rows_path)
+    check_same_run(rows_path, stored, options)
+    done: dict[str, dict] = {}
+    for row in stored.rows:
+        done.setdefault(row["id"], row)
+    todo = [e for e in examples if e["id"] not in done]
+    if todo:
+        prepare_rows_file(rows_path, stored, options)
     bar = None
     if progress:
         from tqdm import tqdm
 
         bar = tqdm(total=len(examples), initial=len(examples) - len(todo), desc="examples")
-    os.makedirs(os.path.dirname(os.path.abspath(rows_path)), exist_ok=True)
     for raw in todo:
-        ex, correct = make_example(att, raw, k, max_new_tokens)
-        if not ex.answer_ids:
-            row = {"id": ex.id, "skipped": "empty answer"}
-        else:
-            row = evaluate_example(att, ex, methods, n_masks)
-            row["correct"] = correct
-        with open(rows_path, "a", encoding="utf-8") as fh:
-            fh.write(json.dumps(row) + "\n")
-        rows.append(row)
+        row = _evaluate_row(att, raw, methods, k, n_masks, max_new_tokens)
+        append_row(rows_path, row)
+        done[row["id"]] = row
         if bar:
             bar.update(1)
     if bar:
         bar.close()
+    rows = [done[e["id"]] for e in examples]
     result = summarize(rows, [m.name for m in methods])
-    with open(out, "w", encoding="utf-8") as fh:
-        json.dump({"summary": result, "rows": rows}, fh, indent=1)
+    atomic_write_text(out, json.dumps(json_safe({"summary": result, "rows": rows}), indent=1, allow_nan=False))
     return result
+
+
+def _check_options(methods: Sequence[Method], k: int, n_masks: int, max_new_tokens: int) -> None:
+    """Refuse options that can only give useless rows, before any data is read or model run."""
+    if not methods:
+        raise InputError("no methods to evaluate; pass at least one, e.g. at2 or loo")
+    names = [m.name for m in methods]
+    if len(set(names)) != len(names):
+        raise InputError(f"each method may be listed once, got {','.join(names)}")
+    at_least("k", k, 1, " (documents per example)")
+    mask_count(n_masks)
+    at_least("max_new_tokens", max_new_tokens, 1, " (tokens of the answer)")
+
+
+def _evaluate_row(
+    att: AT2Attributor, raw: dict[str, Any], methods: Sequence[Method], k: int, n_masks: int, max_new_tokens: int
+) -> dict:
+    """The row of one dataset example (``skipped`` when the model's answer is empty)."""
+    ex, correct = make_example(att, raw, k, max_new_tokens)
+    if not ex.answer_ids:
+        return {"id": ex.id, "skipped": "empty answer"}
+    row = evaluate_example(att, ex, methods, n_masks)
+    row["correct"] = correct
+    return row
 
 
 def summarize(rows: list[dict], names: Sequence[str]) -> dict:
@@ -155,13 +185,6 @@ def format_table(summary: dict) -> str:
             f"{cite:>7.0%} {cite_all:>6.0%} {s['forward_passes']['mean']:>7.1f} {s['time_ratio_to_at2_median']:>8.2f}x"
         )
     return "\n".join(lines)
-
-
-def _read_rows(path: str) -> list[dict]:
-    if not os.path.exists(path):
-        return []
-    with open(path, encoding="utf-8") as fh:
-        return [json.loads(line) for line in fh if line.strip()]
 
 
 def _mean(xs: list[float]) -> float:

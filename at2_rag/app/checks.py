@@ -1,0 +1,99 @@
+"""Checks the CLI runs at its boundary, before any model loads: options, input files, output paths.
+
+Each raises :class:`~at2_rag.errors.InputError` with one line naming the problem and the fix, so a
+mistake costs a second, not a model load followed by a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from ..errors import InputError
+
+
+def at_least(minimum: int):
+    """argparse type: a whole number ≥ ``minimum``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+
+    parse.__name__ = f"at_least_{minimum}"  # argparse names the type in its messages
+    return parse
+
+
+positive_int = at_least(1)
+masks_count = at_least(2)
+"""Random ablations: a correlation across masks needs at least two."""
+
+
+def open_fraction(text: str) -> float:
+    """argparse type: a number strictly between 0 and 1 (a keep probability)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number between 0 and 1, got {text!r}") from None
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"must lie strictly between 0 and 1, got {value}")
+    return value
+
+
+def input_file(path: str, what: str) -> Path:
+    """An existing regular file that can be read."""
+    p = Path(path)
+    if not p.exists():
+        raise InputError(f"{what} {path} does not exist")
+    if not p.is_file():
+        raise InputError(f"{what} {path} is not a regular file (a directory?); pass a file")
+    if not os.access(p, os.R_OK):
+        raise InputError(f"{what} {path} is not readable (permissions); fix them or pass another file")
+    return p
+
+
+def read_text_file(path: str, what: str = "document file") -> str:
+    """A UTF-8 text file's contents (a BOM is dropped), or one line saying why it cannot be used."""
+    p = input_file(path, what)
+    try:
+        return p.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise InputError(
+            f"{what} {path} is not UTF-8 text (byte {e.start}); convert it, e.g. `iconv -t UTF-8 {path}`"
+        ) from None
+    except OSError as e:
+        raise InputError(f"{what} {path} cannot be read ({e.strerror or e})") from None
+
+
+def estimator_file(value: str | None) -> None:
+    """An ``--estimator`` that is a path (not a shipped name or 'none') must exist."""
+    from ..estimator import SHIPPED_ESTIMATORS
+
+    if value is None or value in SHIPPED_ESTIMATORS:
+        return
+    p = Path(value)
+    if p.suffix == ".safetensors" or os.sep in value or p.exists():
+        input_file(value, "estimator file")
+        return
+    raise InputError(
+        f"no estimator named {value!r}: pass a .safetensors file, 'none', or one of {list(SHIPPED_ESTIMATORS)}"
+    )
+
+
+def output_file(path: str | None, what: str) -> None:
+    """The folder of an output file must exist and be writable, and the path must not be a folder."""
+    if path is None:
+        return
+    p = Path(path)
+    folder = p.parent if str(p.parent) else Path(".")
+    if p.is_dir():
+        raise InputError(f"{what} {path} is a directory; pass a file name")
+    if not folder.is_dir():
+        raise InputError(f"the folder of {what} {path} does not exist; create {folder} first")
+    if not os.access(folder, os.W_OK) or (p.exists() and not os.access(p, os.W_OK)):
+        raise InputError(f"{what} {path} cannot be written (permissions); choose another path")

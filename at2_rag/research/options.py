@@ -1,0 +1,39 @@
+"""Checks of the research entry points' options, so a useless value fails at once with one line, not
+hours later with a ZeroDivisionError or a folder of empty shards."""
+
+from __future__ import annotations
+
+import operator
+
+from ..errors import InputError
+
+
+def at_least(name: str, value: object, minimum: int = 1, why: str = "") -> int:
+    """``value`` as an int when it is a whole number ≥ ``minimum`` (never a bool); else InputError."""
+    try:
+        number = None if isinstance(value, bool) else operator.index(value)  # type: ignore[arg-type]
+    except TypeError:
+        number = None
+    if number is None or number < minimum:
+        raise InputError(f"{name} must be a whole number of at least {minimum}{why}, got {value!r}")
+    return number
+
+
+def optional_limit(limit: object) -> int | None:
+    """``limit``: None (every example) or a whole number ≥ 1."""
+    return None if limit is None else at_least("limit", limit, 1, " (or None for every example)")
+
+
+def open_fraction(name: str, value: object) -> float:
+    """``value`` when it is a number strictly between 0 and 1 (a keep probability); else InputError."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < value < 1.0:
+        raise InputError(f"{name} must lie strictly between 0 and 1 (a keep probability), got {value!r}")
+    return float(value)
+
+
+def mask_count(n_masks: object) -> int:
+    """``n_masks``: at least 2, since a correlation across masks needs two."""
+    return at_least("n_masks", n_masks, 2, " (a correlation across masks needs two)")
+
+
+__all__ = ["at_least", "mask_count", "open_fraction", "optional_limit"]
