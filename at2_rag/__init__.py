@@ -21,7 +21,7 @@ from .errors import (
 from .estimator import Estimator, ModelIdentity
 from .lazy import LazyAttributor
 from .models import load_model
-from .policy import CITATION_POLICY, DEFAULT_POLICY, KeepPolicy
+from .policy import CITATION_POLICY, DEFAULT_POLICY, SENTENCE_POLICY, KeepPolicy, keep_policy
 from .prompts import DEFAULT_INSTRUCTION, Granularity, Prompt, Source, build_prompt
 from .pruning import MODES, RETRIEVAL_RANK_KEY, Mode, Pruner, PruneResult, fused_scores
 from .results import AnswerSentence, Attribution, ScoredSource
@@ -60,6 +60,7 @@ __all__ = [
     "QAResult",
     "RAGPipeline",
     "RETRIEVAL_RANK_KEY",
+    "SENTENCE_POLICY",
     "ScoredSource",
     "Source",
     "UnsupportedModelError",
@@ -67,6 +68,7 @@ __all__ = [
     "cite",
     "format_context",
     "fused_scores",
+    "keep_policy",
     "load_model",
     "split_sentences",
     "with_markers",

@@ -42,6 +42,9 @@ CALIBRATIONS: tuple[str | None, ...] = (None, "content-free")
 """How query features are calibrated before scoring: not at all, or minus the features of the same
 prompt asked a content-free question (its positional prior; see ``AT2Attributor.query_features``)."""
 _ESTIMATORS_DIR = Path(__file__).parent / "estimators"
+LABEL_ATTRIBUTE = "at2_rag_label"
+"""Attribute of a loaded model holding its display name (the bundled model's), when it has one;
+``name_or_path`` keeps the real folder so other libraries can reuse the model."""
 SHIPPED_ESTIMATORS = ("default", "default-query", "default-support")
 """Estimators shipped for the default model: answer rows, question rows (the model's own answers),
 and question rows trained on reference answers (which sources support the right answer)."""
@@ -60,7 +63,8 @@ class ModelIdentity:
     @classmethod
     def of(cls, model) -> ModelIdentity:
         """Identity of a loaded transformers model."""
-        name = str(getattr(model, "name_or_path", "") or getattr(model.config, "_name_or_path", ""))
+        name = str(getattr(model, LABEL_ATTRIBUTE, "") or getattr(model, "name_or_path", "")
+                   or getattr(model.config, "_name_or_path", ""))
         return cls.from_config(model.config, type(model).__name__, name)
 
     @classmethod

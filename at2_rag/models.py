@@ -17,7 +17,7 @@ import torch
 
 from . import capture
 from .errors import DeviceError, ModelNotAvailableError
-from .estimator import ModelIdentity
+from .estimator import LABEL_ATTRIBUTE, ModelIdentity
 from .files import atomic_folder, write_error
 
 DEFAULT_MODEL = "default"
@@ -107,7 +107,9 @@ def load_model(
         **kwargs,
     )
     if name == DEFAULT_MODEL:
-        model.name_or_path = DEFAULT_NAME
+        # The display name goes on the identity, not on name_or_path: that keeps the real folder, so
+        # other libraries (transformers pipelines, LangChain, LlamaIndex) can reuse model and tokenizer.
+        setattr(model, LABEL_ATTRIBUTE, DEFAULT_NAME)
         _drop_gguf_quantization(model.config)  # loaded from the GGUF itself: look like the cached copy
     model.to(dev).eval()
     capture.prepare_model(model)

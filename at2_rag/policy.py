@@ -3,6 +3,7 @@ pruning, sources when citing an answer sentence."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -73,3 +74,39 @@ keeping 2 or 3 (benchmarks/RESULTS.md, "Prune and regenerate")."""
 CITATION_POLICY = KeepPolicy(top_k=3, relative=0.5, min_keep=0)
 """Citations cite at most 3 sources per answer sentence, each carrying at least half the weight of
 the strongest (the clear winners only), and nothing when no source scores above zero."""
+SENTENCE_POLICY = KeepPolicy(relative=0.5, min_keep=1)
+"""Sentence-level pruning inside a kept document: keep its sentences scoring at least half its best."""
+
+SHORTHANDS = ("top_n", "top_k", "threshold", "relative", "token_budget", "min_keep")
+"""The keep-policy shorthands every front end accepts (``top_n`` is the rerankers' name; ``top_k`` an alias)."""
+
+
+def keep_policy(
+    policy: KeepPolicy | None = None,
+    *,
+    top_n: int | None = None,
+    top_k: int | None = None,
+    threshold: float | None = None,
+    relative: float | None = None,
+    token_budget: int | None = None,
+    min_keep: int | None = None,
+    default: KeepPolicy = DEFAULT_POLICY,
+) -> KeepPolicy:
+    """The one way a front end turns its settings into a :class:`KeepPolicy`: a policy object, or the
+    shorthands applied to ``default`` (never both; ``top_n`` and ``top_k`` name the same limit)."""
+    given = {name: value for name, value in (("top_n", top_n), ("top_k", top_k), ("threshold", threshold),
+             ("relative", relative), ("token_budget", token_budget), ("min_keep", min_keep)) if value is not None}
+    if policy is not None:
+        if not isinstance(policy, KeepPolicy):
+            raise TypeError(f"policy must be an at2_rag.KeepPolicy, got {type(policy).__name__}")
+        if given:
+            raise ValueError(f"pass either policy= or the shorthands {sorted(given)}, not both")
+        return policy
+    if top_n is not None and top_k is not None and top_n != top_k:
+        raise ValueError(f"top_n={top_n} and top_k={top_k} name the same limit; pass one of them")
+    limit = top_n if top_n is not None else top_k
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise ValueError(f"top_n must be a positive int (documents to keep), got {limit!r}")
+    changes = {"top_k": limit, "threshold": threshold, "relative": relative, "token_budget": token_budget,
+               "min_keep": min_keep}
+    return dataclasses.replace(default, **{k: v for k, v in changes.items() if v is not None})

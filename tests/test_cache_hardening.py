@@ -229,7 +229,7 @@ def test_unwritable_model_cache_warns_once_and_loads_in_memory(unwritable, monke
     assert str(unwritable) in messages[0]
     assert model.config._attn_implementation == ATTENTION_NAME
     assert model.dtype == torch.float32 and not model.training
-    assert model.name_or_path == models.DEFAULT_NAME
+    assert ModelIdentity.of(model).name == models.DEFAULT_NAME
     assert ModelIdentity.of(model) == ModelIdentity.of(reference)
     a = model.model.layers[5].self_attn.q_proj.weight
     assert torch.equal(a, reference.model.layers[5].self_attn.q_proj.weight)

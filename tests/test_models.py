@@ -90,3 +90,20 @@ def test_model_identity_from_config_equals_the_loaded_models(default_model, tmp_
 
     reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "tiny")
     assert models.model_identity(tmp_path / "tiny") == ModelIdentity.of(reloaded)
+
+
+def test_default_model_keeps_its_real_folder_for_other_libraries(default_model):
+    """``name_or_path`` is the cached folder (a transformers pipeline can load from it); the display
+    name lives on the identity that estimators record."""
+    from pathlib import Path
+
+    from transformers import AutoConfig
+
+    from at2_rag import ModelIdentity
+
+    model, tok = default_model
+    folder = Path(model.name_or_path)
+    assert folder.is_dir() and (folder / "config.json").is_file()
+    assert AutoConfig.from_pretrained(folder).num_hidden_layers == 30
+    assert tok.name_or_path == model.name_or_path
+    assert ModelIdentity.of(model).name == models.DEFAULT_NAME

@@ -26,8 +26,8 @@ EXPECTED_ALL = {
     "CitedSource", "ContextTooLongError", "DEFAULT_INSTRUCTION", "DEFAULT_POLICY", "DeviceError",
     "Document", "DocumentLike", "Estimator", "EstimatorError", "Granularity", "InputError", "KeepPolicy",
     "LazyAttributor", "MODES", "MiniLMEmbedder", "Mode", "ModelIdentity", "ModelNotAvailableError",
-    "Prompt", "PruneResult", "Pruner", "QAResult", "RAGPipeline", "RETRIEVAL_RANK_KEY", "ScoredSource",
-    "Source", "UnsupportedModelError", "build_prompt", "cite", "format_context", "fused_scores",
+    "Prompt", "PruneResult", "Pruner", "QAResult", "RAGPipeline", "RETRIEVAL_RANK_KEY", "SENTENCE_POLICY", "ScoredSource",
+    "Source", "UnsupportedModelError", "build_prompt", "cite", "format_context", "fused_scores", "keep_policy",
     "load_model", "split_sentences", "with_markers",
 }
 
