@@ -26,6 +26,7 @@ from .prompts import DEFAULT_INSTRUCTION, Granularity, Prompt, Source, build_pro
 from .pruning import MODES, RETRIEVAL_RANK_KEY, Mode, Pruner, PruneResult, fused_scores
 from .results import AnswerSentence, Attribution, ScoredSource
 from .sentences import split_sentences
+from .streaming import TokenStream, answer_text, chat_prompt, greedy_generate, prompt_ids
 
 __version__ = "0.1.0"
 
@@ -61,15 +62,20 @@ __all__ = [
     "RAGPipeline",
     "RETRIEVAL_RANK_KEY",
     "SENTENCE_POLICY",
+    "TokenStream",
     "ScoredSource",
     "Source",
     "UnsupportedModelError",
+    "answer_text",
     "build_prompt",
+    "chat_prompt",
     "cite",
     "format_context",
     "fused_scores",
+    "greedy_generate",
     "keep_policy",
     "load_model",
+    "prompt_ids",
     "split_sentences",
     "with_markers",
 ]

@@ -156,6 +156,14 @@ def _default_cache_folder() -> Path:
     return cache_dir() / "models" / f"SmolLM2-135M-Instruct-{tag}"
 
 
+def default_model_cached() -> bool:
+    """Whether the bundled model's dequantised copy is cached (a load then takes seconds, not ~30 s)."""
+    try:
+        return _is_complete(_default_cache_folder())
+    except ModelNotAvailableError:
+        return False
+
+
 def _is_complete(folder: Path) -> bool:
     return (folder / "model.safetensors").is_file() and (folder / "config.json").is_file()
 

@@ -171,7 +171,7 @@ def test_html_report_is_written_atomically(tmp_path, monkeypatch):
 
     path = tmp_path / "r.html"
     path.write_text("old report")
-    monkeypatch.setattr(report, "render_html", lambda results, title: (_ for _ in ()).throw(RuntimeError("x")))
+    monkeypatch.setattr(report, "render_html", lambda *args, **kwargs: (_ for _ in ()).throw(RuntimeError("x")))
     with pytest.raises(RuntimeError):
         report.write_html([], str(path))
     assert path.read_text() == "old report"

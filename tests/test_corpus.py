@@ -51,9 +51,10 @@ def test_load_folder(tmp_path):
     (tmp_path / "ignored.csv").write_text("x,y", encoding="utf-8")
     with pytest.warns(UserWarning, match="skipped 1 binary"):
         docs = load_folder(tmp_path)
-    assert [d.metadata["source"] for d in docs] == ["a.txt", "a.txt", "sub/b.md", "sub/b.md"]
+    assert [d.metadata["source"] for d in docs] == ["a.txt", "a.txt", "sub/b.md"]
     assert docs[0].text == "Alpha is first. Beta is second."
     assert docs[1].id == "a.txt#1" and docs[2].title == "b"
+    assert docs[2].text == "# Notes\n\nDelta lives here."  # a heading opens the chunk under it
     raw = (tmp_path / "a.txt").read_text(encoding="utf-8")
     m = docs[1].metadata
     assert raw[m["start"] : m["end"]] == docs[1].text
@@ -86,10 +87,10 @@ def test_chunks_never_exceed_the_character_cap_even_for_a_base64_blob():
     assert all(text[a:b] == text[a:b].strip() for a, b in chunks)
     # Every non-space character is in exactly one chunk, in order: the blob is cut, nothing is lost.
     assert "".join(c for a, b in chunks for c in text[a:b].split()) == "".join(text.split())
-    assert [text[a:b] for a, b in chunks][:2] == ["# Route", "The map shows the route."]
+    assert [text[a:b] for a, b in chunks][:1] == ["# Route\n\nThe map shows the route."]  # heading joined
     assert text[chunks[-1][0] : chunks[-1][1]] == "It is cold. Bring a coat."
     blob_line = f"![map](data:image/png;base64,{blob})"
-    assert len(chunks) == 3 + -(-len(blob_line) // MAX_CHUNK_CHARS)  # the blob's line cut at the cap
+    assert len(chunks) == 2 + -(-len(blob_line) // MAX_CHUNK_CHARS)  # the blob's line cut at the cap
 
 
 @settings(max_examples=150, deadline=None)

@@ -18,8 +18,9 @@ def _result(full: str | None, pruned: str, references: tuple[str, ...] | None = 
     """A QAResult with the given answers (two chunks, the first kept), built without a model."""
     docs = [Document(text="Kibo is the highest summit.", title="Kilimanjaro", id="kili"),
             Document(text="Mount Kenya is second.", title="Mount Kenya", id="kenya")]
-    prune = SimpleNamespace(mode="draft" if full is not None else "query", draft=full or "", kept=[0], dropped=[1],
-                            scores=[0.6, 0.1], keep_scores=[1.0, -1.0], kept_tokens=9, total_tokens=17)
+    prune = SimpleNamespace(mode="draft" if full is not None else "query", draft=full or "", attribution=None,
+                            kept=[0], dropped=[1], scores=[0.6, 0.1], keep_scores=[1.0, -1.0], kept_tokens=9,
+                            total_tokens=17)
     final = SimpleNamespace(answer=pruned, sources=[], scores=np.zeros(0), prompt=SimpleNamespace(documents=docs[:1]))
     return QAResult("What is the highest mountain in Africa?", docs, [0.8, 0.5], prune, final, [], {}, references)
 

@@ -107,3 +107,9 @@ def test_default_model_keeps_its_real_folder_for_other_libraries(default_model):
     assert AutoConfig.from_pretrained(folder).num_hidden_layers == 30
     assert tok.name_or_path == model.name_or_path
     assert ModelIdentity.of(model).name == models.DEFAULT_NAME
+
+
+def test_default_model_cached_reports_the_cache(default_model, tmp_path, monkeypatch):
+    assert models.default_model_cached()  # the fixture loaded (and so cached) it
+    monkeypatch.setenv("AT2_RAG_CACHE", str(tmp_path))
+    assert not models.default_model_cached()

@@ -97,3 +97,18 @@ def output_file(path: str | None, what: str) -> None:
         raise InputError(f"the folder of {what} {path} does not exist; create {folder} first")
     if not os.access(folder, os.W_OK) or (p.exists() and not os.access(p, os.W_OK)):
         raise InputError(f"{what} {path} cannot be written (permissions); choose another path")
+
+
+def kept_chunks(keep: int | None, top_k: int) -> int:
+    """``--keep`` against ``--top-k``: no more chunks kept than retrieved; None (not given) keeps the
+    default number, at most ``top_k``."""
+    from .pipeline import DEFAULT_KEEP
+
+    if keep is None:
+        return min(DEFAULT_KEEP, top_k)
+    if keep > top_k:
+        raise InputError(
+            f"--keep {keep} is more than --top-k {top_k}: pruning keeps some of the retrieved chunks; "
+            f"lower --keep or raise --top-k"
+        )
+    return keep

@@ -1,4 +1,5 @@
-"""The ``at2-rag`` command: demo, dataset building, training data, fitting."""
+"""The ``at2-rag`` command: the demo, ``ask`` over a folder, attribution, evaluation, dataset building,
+training data and fitting; ``--help`` on each says what it takes."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from ..files import json_safe
 from .checks import (
     estimator_file,
     input_file,
+    kept_chunks,
     masks_count,
     open_fraction,
     output_file,
@@ -17,11 +19,19 @@ from .checks import (
     read_text_file,
 )
 
+DESCRIPTION = (
+    "AT2 context attribution for RAG: retrieve chunks, score them with a local model's own attention, "
+    "keep the ones that matter, answer from those, and cite the source sentences each answer rests on."
+)
+"""What ``at2-rag --help`` says first (plain text: argparse prints it as it is)."""
+ESTIMATOR_HELP = "the answer estimator: 'default', a .safetensors file, or 'none' (uniform attention)"
+
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="default", help="'default', a .gguf file, a folder or a hub id")
-    p.add_argument("--device", default=None, help="cpu (default), cuda, cuda:1, ...")
-    p.add_argument("--dtype", default=None, help="float32 (default), bfloat16, float16 or auto")
+    p.add_argument("--model", default="default",
+                   help="'default' (the bundled SmolLM2-135M-Instruct), a .gguf file, a model folder or a hub id")
+    p.add_argument("--device", default=None, help="cpu (the default), cuda, cuda:1, ...")
+    p.add_argument("--dtype", default=None, help="float32 (the default), bfloat16, float16 or auto")
 
 
 def _add_on_error(p: argparse.ArgumentParser) -> None:
@@ -31,59 +41,66 @@ def _add_on_error(p: argparse.ArgumentParser) -> None:
 
 
 def _attributor(args, estimator=None, **kwargs):
+    """The model named by ``--model`` (with a progress line on stderr) and ``estimator``."""
     from ..attributor import AT2Attributor
+    from .terminal import loading_message, progress, rich_console
 
-    return AT2Attributor.from_pretrained(
-        args.model, estimator, device=args.device, dtype=args.dtype, **kwargs
-    )
+    with progress(rich_console(stderr=True), loading_message(args.model)):
+        return AT2Attributor.from_pretrained(
+            args.model, estimator, device=args.device, dtype=args.dtype, **kwargs
+        )
 
 
 def cmd_demo(args) -> int:
     from .demo import run_demo
 
+    keep = kept_chunks(args.keep, args.top_k)
     estimator_file(args.estimator)
     output_file(args.html, "HTML report")
     run_demo(
         model=args.model, estimator=args.estimator, device=args.device, dtype=args.dtype,
-        questions=None if args.all else args.questions, k=args.top_k, keep=args.keep, mode=args.mode,
+        questions=None if args.all else args.questions, k=args.top_k, keep=keep, mode=args.mode,
         html=args.html,
     )
     return 0
 
 
 def cmd_ask(args) -> int:
-    from ..attributor import AT2Attributor
     from ..errors import InputError
     from ..policy import KeepPolicy
     from .corpus import load_folder
-    from .pipeline import RAGPipeline
+    from .pipeline import RAGPipeline, RunSettings
     from .retrieval import cached_index
-    from .terminal import print_result, rich_console
+    from .terminal import print_header, print_result, progress, rich_console
 
     if not args.question.strip():
         raise InputError("the question is empty: ask something, e.g. at2-rag ask \"Who ...?\" --corpus DIR")
+    keep = kept_chunks(args.keep, args.top_k)
     estimator_file(args.estimator)
     output_file(args.html, "HTML report")
     console = rich_console(stderr=True)  # progress and notes; results go to stdout
-    with console.status(f"Reading and chunking {args.corpus} ..."):
+    with progress(console, f"Reading and chunking {args.corpus} ..."):
         docs = load_folder(args.corpus, chunk_words=args.chunk_words, follow_links=args.follow_links)
-    with console.status(f"Indexing {len(docs)} chunks (cached after the first run) ..."):
+    with progress(console, f"Indexing {len(docs)} chunks (cached after the first run) ..."):
         index = cached_index(docs)
-    with console.status(f"Loading the {args.model} model ..."):
-        att = AT2Attributor.from_pretrained(args.model, args.estimator, device=args.device, dtype=args.dtype)
-    pipe = RAGPipeline(att, index, k=args.top_k, mode=args.mode, policy=KeepPolicy(top_k=args.keep),
+    att = _attributor(args, args.estimator)
+    pipe = RAGPipeline(att, index, k=args.top_k, mode=args.mode, policy=KeepPolicy(top_k=keep),
                        max_new_tokens=args.max_new_tokens, full_answer=args.compare_full)
-    with console.status("Retrieving, scoring, pruning and answering ..."):
+    run = RunSettings.of(pipe, estimator=args.estimator, corpus=args.corpus)
+    with progress(console, "Retrieving, scoring, pruning and answering ..."):
         result = pipe.ask(args.question, references=args.reference_answer)
     if args.html:  # first: a report is never lost to a display problem
         from .report import write_html
 
-        write_html([result], args.html)
+        write_html([result], args.html, settings=run)
         console.print(f"HTML report written to {args.html}", highlight=False)
     if args.json:
-        print(json.dumps(json_safe(result.to_dict()), indent=1, ensure_ascii=False, allow_nan=False))
+        data = {"run": run.to_dict(), **result.to_dict()}
+        print(json.dumps(json_safe(data), indent=1, ensure_ascii=False, allow_nan=False))
     else:
-        print_result(rich_console(), result)
+        out = rich_console()
+        print_header(out, run)
+        print_result(out, result)
     return 0
 
 
@@ -112,9 +129,10 @@ def _add_pipeline_args(p: argparse.ArgumentParser) -> None:
     from ..pruning import MODES
     from .pipeline import DEFAULT_KEEP, DEFAULT_RETRIEVE
 
-    p.add_argument("--estimator", default="default", help="'default', a .safetensors file, or 'none' (uniform)")
+    p.add_argument("--estimator", default="default", help=ESTIMATOR_HELP)
     p.add_argument("--top-k", type=positive_int, default=DEFAULT_RETRIEVE, help="chunks retrieved per question")
-    p.add_argument("--keep", type=positive_int, default=DEFAULT_KEEP, help="chunks kept after AT2 pruning")
+    p.add_argument("--keep", type=positive_int, default=None,
+                   help=f"chunks kept after AT2 pruning (default: {DEFAULT_KEEP}, at most --top-k)")
     p.add_argument("--mode", choices=list(MODES), default="support",
                    help="support: score which chunks support a correct answer, from the question alone, fused "
                         "with the retriever's rank (best answers); draft: score what a full-context draft "
@@ -173,100 +191,152 @@ def cmd_attribute(args) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="at2-rag", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Help that ends each option with its default, except where there is none to show (None, a flag's False)."""
 
-    p = sub.add_parser("demo", help="the main job: retrieve, prune with AT2, regenerate and cite on a sample corpus")
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        """The action's help, with ``(default: …)`` appended by the base class where there is one to show."""
+        if action.default is None or action.default is False:
+            return action.help
+        return super()._get_help_string(action)
+
+
+def _command(sub, name: str, summary: str) -> argparse.ArgumentParser:
+    """A subcommand whose help shows its summary and every option's default, with --verbose."""
+    p = sub.add_parser(name, help=summary, description=summary, formatter_class=_HelpFormatter)
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="show the libraries' loading progress bars and warnings (hidden by default)")
+    return p
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .. import __version__
+
+    parser = argparse.ArgumentParser(prog="at2-rag", description=DESCRIPTION, formatter_class=_HelpFormatter)
+    parser.add_argument("--version", action="version", version=f"at2-rag {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = _command(sub, "demo", "the main job: retrieve, prune with AT2, regenerate and cite on a sample corpus")
     _add_model_args(p)
     _add_pipeline_args(p)
     p.add_argument("--questions", type=positive_int, default=3, help="how many sample questions to answer")
     p.add_argument("--all", action="store_true", help="answer every sample question")
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("ask", help="ask a question over your own folder of .txt / .md files")
+    p = _command(sub, "ask", "ask a question over your own folder of .txt / .md files")
     _add_model_args(p)
     _add_pipeline_args(p)
-    p.add_argument("question")
+    p.add_argument("question", help="the question to answer from the corpus")
     p.add_argument("--corpus", required=True, help="a folder of .txt / .md files (searched recursively)")
-    p.add_argument("--chunk-words", type=positive_int, default=120, help="words per chunk (whole sentences)")
+    p.add_argument("--chunk-words", type=positive_int, default=120,
+                   help="words per chunk (whole sentences; a markdown heading joins the text under it)")
     p.add_argument("--follow-links", action="store_true",
                    help="also read symbolic links that point outside the corpus folder (skipped by default)")
-    p.add_argument("--max-new-tokens", type=positive_int, default=64)
-    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument("--max-new-tokens", type=positive_int, default=64, help="the longest answer, in tokens")
+    p.add_argument("--json", action="store_true",
+                   help="print the result as JSON: the run's settings, both answers (also with [n] chunk markers), "
+                        "every chunk with its file and character offsets, the kept order and the citations")
     p.add_argument("--reference-answer", action="append", default=None, metavar="TEXT",
                    help="an accepted answer (repeatable): both answers are then marked correct or incorrect")
     p.set_defaults(func=cmd_ask)
 
-    p = sub.add_parser("attribute", help="answer (or attribute --answer) over document files")
+    p = _command(sub, "attribute", "answer (or attribute --answer) over document files")
     _add_model_args(p)
-    p.add_argument("question")
+    p.add_argument("question", help="the question to answer from the documents")
     p.add_argument("documents", nargs="+", help="text files, one document each")
     p.add_argument("--answer", default=None, help="attribute this answer instead of generating one")
-    p.add_argument("--estimator", default="default")
-    p.add_argument("--granularity", default="document", type=lambda s: int(s) if s.isdigit() else s)
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--estimator", default="default", help=ESTIMATOR_HELP)
+    p.add_argument("--granularity", default="document", type=lambda s: int(s) if s.isdigit() else s,
+                   help="what a source is: 'document', 'sentence', or a number of tokens")
+    p.add_argument("--json", action="store_true", help="print the attribution as JSON")
     p.set_defaults(func=cmd_attribute)
 
-    p = sub.add_parser("evaluate", help="measure attribution methods (LDS, top-k drop, citation accuracy, cost)")
+    p = _command(sub, "evaluate", "measure attribution methods (LDS, top-k drop, citation accuracy, cost)")
     _add_model_args(p)
     p.add_argument("--data", required=True, help="JSONL(.gz) in at2-rag's format")
     p.add_argument("--estimator", default="default", help="the answer estimator behind 'at2' and the answers")
     p.add_argument("--methods", default="at2,avg_attention,contextcite:32,loo,embedding,retriever",
                    help="comma-separated: at2, at2:FILE, avg_attention, loo, contextcite:N, embedding, retriever")
-    p.add_argument("--split", default="test", choices=["train", "validation", "test", "all"])
-    p.add_argument("--limit", type=positive_int, default=None)
+    p.add_argument("--split", default="test", choices=["train", "validation", "test", "all"],
+                   help="which examples of the data file to evaluate")
+    p.add_argument("--limit", type=positive_int, default=None, help="evaluate at most this many examples (all)")
     p.add_argument("--k", type=positive_int, default=5, help="documents per example (sources are their sentences)")
     p.add_argument("--masks", type=masks_count, default=32, help="fresh random ablations for the LDS")
     _add_on_error(p)
-    p.add_argument("--max-new-tokens", type=positive_int, default=48)
-    p.add_argument("--out", default="results.json")
+    p.add_argument("--max-new-tokens", type=positive_int, default=48, help="the longest answer, in tokens")
+    p.add_argument("--out", default="results.json",
+                   help="summary file (JSON); the per-example rows go to OUT.rows.jsonl, and a rerun resumes them")
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("build-nq", help="build the NQ-RAG dataset (MiniLM + FAISS retrieval)")
-    p.add_argument("--source", default="../shared/data/nq_open_dev.jsonl.gz")
-    p.add_argument("--out", default="data/nq_rag.jsonl.gz")
-    p.add_argument("--k", type=positive_int, default=10)
+    p = _command(sub, "build-nq", "build the NQ-RAG dataset (MiniLM + FAISS retrieval)")
+    p.add_argument("--source", default="../shared/data/nq_open_dev.jsonl.gz",
+                   help="NQ-Open questions and answers (JSONL, optionally gzipped)")
+    p.add_argument("--out", default="data/nq_rag.jsonl.gz", help="the dataset file to write")
+    p.add_argument("--k", type=positive_int, default=10, help="passages retrieved per question")
     p.set_defaults(func=cmd_build_nq)
 
-    p = sub.add_parser("train-data", help="generate ablation training data (sharded, resumable)")
+    p = _command(sub, "train-data", "generate ablation training data (sharded, resumable)")
     _add_model_args(p)
     p.add_argument("--data", required=True, help="JSONL(.gz) in at2-rag's format")
     p.add_argument("--out", required=True, help="folder for the shards")
-    p.add_argument("--split", default="train", choices=["train", "validation", "test"])
-    p.add_argument("--limit", type=positive_int, default=None)
+    p.add_argument("--split", default="train", choices=["train", "validation", "test"],
+                   help="which examples of the data file to use")
+    p.add_argument("--limit", type=positive_int, default=None, help="use at most this many examples (all)")
     p.add_argument("--k", type=positive_int, default=5, help="documents per example")
-    p.add_argument("--masks", type=masks_count, default=32)
+    p.add_argument("--masks", type=masks_count, default=32, help="random ablations per example")
     _add_on_error(p)
-    p.add_argument("--p-keep", type=open_fraction, default=0.5)
-    p.add_argument("--max-new-tokens", type=positive_int, default=48)
-    p.add_argument("--shard-size", type=positive_int, default=8)
-    p.add_argument("--batch-size", type=positive_int, default=8)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--p-keep", type=open_fraction, default=0.5,
+                   help="the chance that an ablation keeps each source")
+    p.add_argument("--max-new-tokens", type=positive_int, default=48, help="the longest answer, in tokens")
+    p.add_argument("--shard-size", type=positive_int, default=8, help="examples per shard file")
+    p.add_argument("--batch-size", type=positive_int, default=8, help="ablations per forward pass")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random ablations")
     p.set_defaults(func=cmd_train_data)
 
-    p = sub.add_parser("train", help="fit an estimator on ablation shards")
+    p = _command(sub, "train", "fit an estimator on ablation shards")
     p.add_argument("--model", default="default",
                    help="the model the shards were made with ('default', a .gguf file, a folder or a hub id); "
                    "only its config is read")
     p.add_argument("--data", required=True, help="training shard folder")
     p.add_argument("--validation", default=None, help="validation shard folder (monitoring only)")
-    p.add_argument("--kind", default="answer", choices=["answer", "query"])
-    p.add_argument("--out", required=True)
-    p.add_argument("--steps", type=positive_int, default=1000)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--batch-size", type=positive_int, default=512)
-    p.add_argument("--weight-decay", type=float, default=0.0)
-    p.add_argument("--non-negative", action="store_true")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--kind", default="answer", choices=["answer", "query"],
+                   help="fit on the answer's attention (attributes answers) or the question's (scores chunks "
+                        "before answering)")
+    p.add_argument("--out", required=True, help="the estimator file to write (.safetensors)")
+    p.add_argument("--steps", type=positive_int, default=1000, help="optimisation steps")
+    p.add_argument("--lr", type=float, default=1e-3, help="learning rate (Adam)")
+    p.add_argument("--batch-size", type=positive_int, default=512, help="examples per step")
+    p.add_argument("--weight-decay", type=float, default=0.0, help="Adam weight decay")
+    p.add_argument("--non-negative", action="store_true", help="constrain every weight to be at least 0")
+    p.add_argument("--seed", type=int, default=0, help="seed of the example order")
     p.set_defaults(func=cmd_train)
     return parser
+
+
+def quiet_libraries(verbose: bool) -> None:
+    """Hide transformers' and huggingface_hub's progress bars (weights, downloads, GGUF conversion) and
+    their warnings unless ``verbose``: the command prints its own progress lines."""
+    from transformers.utils import logging as hf_logging
+
+    try:  # the GGUF converter imports tqdm itself: route its bars through transformers' switch
+        from transformers import modeling_gguf_pytorch_utils as gguf_loading
+
+        gguf_loading.tqdm = hf_logging.tqdm
+    except ImportError:
+        pass
+    if verbose:
+        hf_logging.set_verbosity_warning()
+        hf_logging.enable_progress_bar()
+    else:
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
 
 
 def main(argv: list[str] | None = None) -> int:
     from ..errors import AT2Error
 
     args = build_parser().parse_args(argv)
+    quiet_libraries(args.verbose)
     if getattr(args, "estimator", None) == "none":
         args.estimator = None
     try:

@@ -3,6 +3,7 @@
 Chunks are whole sentences packed up to ``chunk_words`` words (default 120: about 160 tokens, so ten
 retrieved chunks fit a 2k-token prompt with room for the answer, and one chunk is specific enough
 to be worth keeping or dropping on its own), and never longer than ``MAX_CHUNK_CHARS`` characters.
+A markdown heading opens the chunk of the text under it, never a chunk of its own.
 
 Files are read as UTF-8; a byte-order mark selects UTF-8, UTF-16 or UTF-32 (and is dropped); UTF-8
 with a few bad bytes keeps its text (bad bytes become U+FFFD); other text is read as Windows-1252.
@@ -49,6 +50,10 @@ _CP1252 = "".join(
 _UTF8_REPLACEMENT = "\ufffd".encode()
 _CONTROL = re.compile(r"[\x00-\x08\x0e-\x1f\x7f]")  # C0 controls other than whitespace, and DEL
 _WORD = re.compile(r"\S+")
+# Markdown headings, matched against a line without its line break: ATX (``# Title`` to ``###### Title``)
+# and the underline of a setext heading (``Title`` over a line of ``=`` or ``-``).
+_ATX_HEADING = re.compile(r" {0,3}#{1,6}(?:[ \t].*)?")
+_SETEXT_UNDERLINE = re.compile(r" {0,3}(?:=+|-+)[ \t]*")
 
 
 class SkippedFilesWarning(UserWarning):
@@ -89,19 +94,29 @@ def chunk_text(
 
     A paragraph break always ends a chunk; a sentence longer than the limit is split between words;
     no chunk is longer than ``max_chars`` characters (a longer "word", such as base64, is cut).
+    A markdown heading joins the first sentence under it, so a chunk never holds a heading alone
+    (unless nothing follows it, or the headings alone exceed the limits).
     Time and memory grow linearly with the text.
     """
     _check_positive("chunk_words", chunk_words)
     _check_positive("max_chars", max_chars)
     chunks: list[tuple[int, int]] = []
-    for para_start, para_end in _paragraphs(text):
+    for start, body, end in _sections(text):
+        sentences = [(body + s0, body + s1) for s0, s1 in split_sentences(text[body:end])] or [(body, end)]
+        sentences[0] = (start, sentences[0][1])  # the headings above open the first sentence
         pieces = (
-            piece
-            for s0, s1 in split_sentences(text[para_start:para_end])
-            for piece in _word_split(text, para_start + s0, para_start + s1, chunk_words, max_chars)
+            piece for s0, s1 in sentences for piece in _word_split(text, s0, s1, chunk_words, max_chars)
         )
         chunks.extend(_pack(pieces, chunk_words, max_chars))
     return [_strip(text, a, b) for a, b in chunks if text[a:b].strip()]
+
+
+def chunk_label(doc: Document) -> str:
+    """How every view names a chunk: its file and chunk number (``notes/decaf.md#2``, the id
+    :func:`load_folder` gives it) for a folder's chunks, else its title or id."""
+    if doc.metadata.get("source") is not None and doc.id:
+        return doc.id
+    return doc.title or doc.id or ""
 
 
 def load_folder(
@@ -288,6 +303,30 @@ def _strip(text: str, a: int, b: int) -> tuple[int, int]:
     """The span without its leading and trailing whitespace."""
     piece = text[a:b]
     return a + len(piece) - len(piece.lstrip()), b - (len(piece) - len(piece.rstrip()))
+
+
+def _sections(text: str) -> list[tuple[int, int, int]]:
+    """``(start, body start, end)`` of each paragraph, its start moved back over the heading-only
+    paragraphs just above it; headings with no paragraph after them are a section of their own."""
+    sections, heading = [], None
+    for a, b in _paragraphs(text):
+        if _is_heading(text[a:b]):
+            heading = a if heading is None else heading
+            continue
+        sections.append((a if heading is None else heading, a, b))
+        heading = None
+    if heading is not None:
+        sections.append((heading, heading, len(text)))
+    return sections
+
+
+def _is_heading(paragraph: str) -> bool:
+    """Whether a paragraph is a markdown heading and nothing else: ATX heading lines only, or lines
+    of text over a setext underline."""
+    lines = paragraph.strip("\r\n").splitlines()
+    if len(lines) > 1 and _SETEXT_UNDERLINE.fullmatch(lines[-1]):
+        return True
+    return all(_ATX_HEADING.fullmatch(line) for line in lines)
 
 
 def _paragraphs(text: str) -> list[tuple[int, int]]:

@@ -8,7 +8,9 @@ import time
 from ..policy import KeepPolicy
 from ..pruning import Mode
 from .corpus import sample_corpus, sample_questions
-from .pipeline import DEFAULT_KEEP, DEFAULT_RETRIEVE, QAResult, correctness_tally
+from .pipeline import DEFAULT_KEEP, DEFAULT_RETRIEVE, QAResult, RunSettings, correctness_tally
+
+SAMPLE_CORPUS = "the bundled sample corpus (32 passages on mountains)"
 
 
 def run_demo(
@@ -28,23 +30,25 @@ def run_demo(
     from ..attributor import AT2Attributor
     from .pipeline import RAGPipeline
     from .retrieval import cached_index
-    from .terminal import print_result, rich_console
+    from .terminal import loading_message, print_header, print_result, progress, rich_console
 
     console = rich_console()
     if quiet:
         console.quiet = True
     t0 = time.perf_counter()
-    with console.status(f"Loading the {model} model and its estimator ..."):
+    with progress(console, loading_message(model)):
         att = AT2Attributor.from_pretrained(model, estimator, device=device, dtype=dtype)
-    with console.status("Embedding the sample corpus (32 passages on mountains) into a FAISS index ..."):
+    with progress(console, "Embedding the sample corpus (32 passages on mountains) into a FAISS index ..."):
         index = cached_index(sample_corpus())
+    pipe = RAGPipeline(att, index, k=k, mode=mode, policy=KeepPolicy(top_k=keep), full_answer=True)
+    run = RunSettings.of(pipe, estimator=estimator, corpus=SAMPLE_CORPUS)
+    print_header(console, run)
     console.print(f"Ready in {time.perf_counter() - t0:.1f} s. Retrieving {k} chunks per question, keeping "
                   f"the best {keep} by keep score ({mode} mode), then answering from those and, to compare, from all "
                   f"{k}.\n")
-    pipe = RAGPipeline(att, index, k=k, mode=mode, policy=KeepPolicy(top_k=keep), full_answer=True)
     results = []
     for q in sample_questions()[:questions]:
-        with console.status(f"Answering: {q.question}"):
+        with progress(console, f"Answering: {q.question}"):
             r = pipe.ask(q.question, references=q.answers)
         results.append(r)
         print_result(console, r)
@@ -54,6 +58,6 @@ def run_demo(
     if html:
         from .report import write_html
 
-        write_html(results, html, title="at2-rag demo: pruned answers with measured citations")
+        write_html(results, html, title="at2-rag demo: pruned answers with measured citations", settings=run)
         console.print(f"HTML report written to {html}")
     return results

@@ -5,21 +5,26 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
 from ..attributor import AT2Attributor
-from ..citations import Citation, cite
+from ..citations import Citation, cite, with_markers
 from ..documents import Document
+from ..estimator import ModelIdentity
 from ..policy import DEFAULT_POLICY, KeepPolicy
 from ..pruning import Mode, Pruner, PruneResult
 from ..research.data import is_correct, normalize_answer
 from ..results import Attribution
+from .corpus import chunk_label
 from .retrieval import VectorIndex
 
 DEFAULT_RETRIEVE = 8
 """Chunks retrieved per question: enough to usually contain the answer, few enough for a small window."""
 DEFAULT_KEEP = DEFAULT_POLICY.top_k
 """Chunks kept after pruning: the core default (chosen on validation, see ``at2_rag.pruning``)."""
+AGREEMENT = {"differs": "≠ answers differ", "same": "= answers agree"}
+"""The flag every view shows next to both answers, by :attr:`AnswerComparison.agreement`."""
 
 
 @dataclass(frozen=True)
@@ -37,6 +42,11 @@ class AnswerComparison:
     def has_references(self) -> bool:
         """True when reference answers were known, so correctness could be judged."""
         return self.pruned_correct is not None
+
+    @property
+    def agreement(self) -> str | None:
+        """The short flag every view puts next to both answers: 'differs', 'same', or None (no comparison)."""
+        return None if self.changed is None else "differs" if self.changed else "same"
 
     @property
     def verdict(self) -> str:
@@ -105,8 +115,9 @@ class QAResult:
     seconds: dict[str, float] = field(default_factory=dict)
     references: tuple[str, ...] | None = None
     """Accepted reference answers, when known (to judge both answers); None otherwise."""
-    full_answer: str | None = None
-    """The answer from all retrieved chunks when generated for comparison (outside draft mode)."""
+    full_attribution: Attribution | None = None
+    """The answer from all retrieved chunks, attributed per sentence, when generated for comparison
+    (outside draft mode; in draft mode the draft's attribution plays that part)."""
 
     @property
     def answer(self) -> str:
@@ -121,7 +132,37 @@ class QAResult:
     def full_context_answer(self) -> str | None:
         """The answer from all retrieved chunks: the draft in draft mode, else the one generated for
         comparison (``RAGPipeline(full_answer=True)``), else None."""
-        return self.prune.draft if self.prune.mode == "draft" else self.full_answer
+        if self.prune.mode == "draft":
+            return self.prune.draft
+        return None if self.full_attribution is None else self.full_attribution.answer
+
+    @property
+    def full_context_attribution(self) -> Attribution | None:
+        """The attribution of :attr:`full_context_answer` over all retrieved chunks (None without it)."""
+        return self.prune.attribution if self.prune.mode == "draft" else self.full_attribution
+
+    @property
+    def full_context_citations(self) -> list[Citation] | None:
+        """Citations of the full-context answer (its sources are all retrieved chunks); None without it."""
+        att = self.full_context_attribution
+        return None if att is None else cite(att)
+
+    def chunk_numbers(self, full: bool = False) -> dict[int, int]:
+        """Citation document index → the cited chunk's number as every view shows it (its position in
+        ``retrieved`` + 1), for the pruned answer's citations or, with ``full``, the full-context answer's."""
+        if not full:
+            return {d: i + 1 for d, i in enumerate(self.kept)}
+        att = self.full_context_attribution
+        left_out = set(att.dropped_documents) if att is not None else set()
+        return dict(enumerate((i + 1 for i in range(len(self.retrieved)) if i not in left_out)))
+
+    def cited_answer(self, full: bool = False) -> str | None:
+        """The answer (``full``: the full-context one) with ``[n]`` chunk markers after each cited sentence."""
+        answer, citations = (self.full_context_answer, self.full_context_citations) if full else (
+            self.answer, self.citations)
+        if answer is None:
+            return None
+        return with_markers(answer, citations or [], self.chunk_numbers(full))
 
     @property
     def keep_scores(self) -> list[float]:
@@ -145,11 +186,18 @@ class QAResult:
         return self.prune.dropped
 
     def to_dict(self) -> dict:
+        """A JSON-ready view: both answers (plain and with ``[n]`` chunk markers) and the comparison,
+        then every retrieved chunk (label, file offsets when it came from a folder, scores), the kept
+        order (indices into ``retrieved``, best first) and both answers' citations; each citation's
+        ``chunks`` are indices into ``retrieved``."""
         cmp = self.comparison
+        full_citations = self.full_context_citations
         out = {
             "question": self.question,
             "answer": self.answer,
+            "answer_cited": self.cited_answer(),
             "full_context_answer": self.full_context_answer,
+            "full_context_answer_cited": self.cited_answer(full=True),
             "pruning_changed_answer": cmp.changed,
             "comparison": cmp.verdict,
         }
@@ -159,16 +207,57 @@ class QAResult:
         return out | {
             "mode": self.prune.mode,
             "retrieved": [
-                {"id": d.id, "title": d.title, "text": d.text, "retrieval_score": r, "attribution_score": a,
-                 "keep_score": k, "kept": i in self.prune.kept}
+                {"id": d.id, "label": chunk_label(d), "title": d.title, **_location(d), "text": d.text,
+                 "retrieval_score": r, "attribution_score": a, "keep_score": k, "kept": i in self.prune.kept}
                 for i, (d, r, a, k) in enumerate(
                     zip(self.retrieved, self.retrieval_scores, self.prune.scores, self.keep_scores))
             ],
-            "citations": [c.to_dict() for c in self.citations],
+            "kept_order": self.kept,
+            "citations": _citation_dicts(self.citations, self.chunk_numbers()),
+            "full_context_citations": None if full_citations is None else _citation_dicts(
+                full_citations, self.chunk_numbers(full=True)),
             "kept_tokens": self.prune.kept_tokens,
             "retrieved_tokens": self.prune.total_tokens,
             "seconds": self.seconds,
         }
+
+
+def _location(doc: Document) -> dict[str, Any]:
+    """A folder chunk's file (relative to the corpus folder) and character offsets in it; {} for others."""
+    return {key: doc.metadata[key] for key in ("source", "start", "end") if key in doc.metadata}
+
+
+def _citation_dicts(citations: Sequence[Citation], numbers: dict[int, int]) -> list[dict[str, Any]]:
+    """Citations as dicts, each with ``chunks``: its cited documents as indices into ``retrieved``."""
+    return [c.to_dict() | {"chunks": [numbers[d] - 1 for d in c.documents]} for c in citations]
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """What a run was set up with, for the header of every view (terminal, HTML report, JSON)."""
+
+    model: str
+    estimator: str
+    top_k: int
+    keep: int | None
+    mode: str
+    corpus: str
+
+    @classmethod
+    def of(cls, pipeline: RAGPipeline, *, estimator: str | None, corpus: str) -> RunSettings:
+        """The settings of ``pipeline``; ``estimator`` as the user named it (None: uniform weights)."""
+        return cls(ModelIdentity.of(pipeline.attributor.model).name, estimator or "none (uniform attention)",
+                   pipeline.k, pipeline.pruner.policy.top_k, pipeline.pruner.mode, corpus)
+
+    def items(self) -> list[tuple[str, str]]:
+        """(label, value) pairs in display order, the same in every view."""
+        keep = "policy" if self.keep is None else str(self.keep)
+        return [("model", self.model), ("estimator", self.estimator), ("top-k", str(self.top_k)),
+                ("keep", keep), ("mode", self.mode), ("corpus", self.corpus)]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The settings as JSON-ready fields (``run`` in ``at2-rag ask --json``)."""
+        return asdict(self)
 
 
 class RAGPipeline:
@@ -181,8 +270,9 @@ class RAGPipeline:
         mode: ``"support"`` (default), ``"draft"`` or ``"query"`` (see :class:`~at2_rag.Pruner`).
         policy: keep policy (default: the core's, the best ``DEFAULT_KEEP`` chunks).
         max_new_tokens: answer length.
-        full_answer: also answer from all retrieved chunks, to show what pruning changed (free in
-            draft mode, where that answer is the draft; one more generation in the other modes).
+        full_answer: also answer from all retrieved chunks, attributed and cited, to show what pruning
+            changed (free in draft mode, where that answer is the draft; one more generation in the
+            other modes).
     """
 
     def __init__(
@@ -230,12 +320,15 @@ class RAGPipeline:
             question, kept_docs, granularity="sentence", max_new_tokens=self.max_new_tokens
         )
         t3 = time.perf_counter()
+        seconds = {"retrieve": t_retrieve, "score_and_prune": t2 - t1, "regenerate": t3 - t2}
         full = None
         if self.full_answer and pruned.mode != "draft":
-            full = self.attributor.generate(question, docs, max_new_tokens=self.max_new_tokens).answer
+            full = self.attributor.generate(
+                question, docs, granularity="sentence", max_new_tokens=self.max_new_tokens
+            )
+            seconds["full_context_answer"] = time.perf_counter() - t3
         sims = list(retrieval_scores) if retrieval_scores is not None else [float("nan")] * len(docs)
         return QAResult(
-            question, pruned.documents, sims, pruned, final, cite(final),
-            {"retrieve": t_retrieve, "score_and_prune": t2 - t1, "regenerate": t3 - t2},
+            question, pruned.documents, sims, pruned, final, cite(final), seconds,
             tuple(references) if references is not None else None, full,
         )

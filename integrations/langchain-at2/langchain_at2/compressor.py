@@ -2,39 +2,66 @@
 
 from __future__ import annotations
 
-import asyncio
+import warnings
 from collections.abc import Sequence
-from typing import Literal, Self
+from functools import partial
+from typing import Any, Literal, Self
 
+from langchain_core._api import warn_deprecated
 from langchain_core.callbacks import Callbacks
 from langchain_core.documents import BaseDocumentCompressor, Document
-from pydantic import Field, model_validator
+from langchain_core.runnables import RunnableLambda
+from pydantic import ConfigDict, Field, PrivateAttr, model_validator
 from typing_extensions import override
 
-import at2_rag
-from at2_rag import DEFAULT_POLICY, AT2Attributor, KeepPolicy, Pruner, PruneResult
+from at2_rag import SENTENCE_POLICY, AT2Attributor, KeepPolicy, Pruner, PruneResult, keep_policy
 
-from .documents import SPANS_KEY, check_question, non_empty, scored_copy, to_at2
+from .documents import SPANS_KEY, check_question, non_empty, plain_copy, relevance_scores, scored_copy, to_at2
 from .local_model import LocalModelFields
+
+PRUNE_RUN_NAME = "at2_prune"
+"""Name of the child run (callbacks, tracing, ``astream_events``) in which documents are scored."""
+
+
+def top_n_or_k(top_n: int | None, k: int | None, owner: str, stacklevel: int = 4) -> int | None:
+    """The limit from ``top_n``, or from the deprecated alias ``k`` (with a deprecation warning)."""
+    if k is None:
+        return top_n
+    warn_deprecated(
+        since="0.1.0",
+        message=f"The parameter `k` of {owner} is deprecated since langchain-at2 0.1.0: use `top_n` (the same limit).",
+        stacklevel=stacklevel,
+    )
+    if top_n is not None and top_n != k:
+        raise ValueError(f"top_n={top_n!r} and k={k!r} name the same limit; pass top_n only")
+    return k
 
 
 class AT2DocumentCompressor(LocalModelFields, BaseDocumentCompressor):
     """Scores documents with AT2 attribution on a local model and keeps the ones that drove it.
 
-    Returns new documents, best first, with ``metadata["attribution_score"]`` (and the same value
-    as ``metadata["relevance_score"]``); all other metadata is kept and the inputs are not changed.
-    Documents with empty ``page_content`` are skipped with a ``UserWarning``; an empty list gives
-    ``[]`` without loading the model; an empty query raises ``at2_rag.InputError``; a context
-    beyond the model's window raises ``at2_rag.ContextTooLongError`` (see ``overflow``).
+    Keep policy: ``policy`` (a whole ``at2_rag.KeepPolicy``), or the shorthands ``top_n`` (alias
+    ``top_k``), ``threshold``, ``relative``, ``token_budget`` and ``min_keep`` applied to the default
+    (keep the single best document); both are turned into the policy by ``at2_rag.keep_policy``, so
+    bad values fail at construction. Returns new documents, best first, with
+    ``metadata["attribution_score"]`` (raw AT2 score), ``["keep_score"]`` (the raw score they were
+    ranked by) and ``["relevance_score"]`` (the keep score mapped to 0-1 within the call); all other
+    metadata is kept and the inputs are not changed. The scoring runs in a child run named
+    ``"at2_prune"``. Documents with empty ``page_content`` are skipped with a ``UserWarning``; an
+    empty list gives ``[]`` without loading the model; an empty query raises
+    ``at2_rag.InputError``; a context beyond the model's window raises
+    ``at2_rag.ContextTooLongError`` (see ``overflow``).
 
     Example:
         .. code-block:: python
 
             from langchain_at2 import AT2DocumentCompressor
 
-            compressor = AT2DocumentCompressor()   # support mode, keeps the best document
+            compressor = AT2DocumentCompressor(top_n=2)   # support mode
             kept = compressor.compress_documents(docs, "Who wrote Hamlet?")
     """
+
+    model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid")
 
     mode: Literal["support", "draft", "query"] = "support"
     """``"support"``: one prefill pass over the question, scored by the estimator of which documents
@@ -42,45 +69,65 @@ class AT2DocumentCompressor(LocalModelFields, BaseDocumentCompressor):
     ``at2_rag.pruning``). ``"draft"``: the local model drafts an answer and its attention while
     drafting is scored (faithful to what the draft used). ``"query"``: one prefill pass scored by the
     estimator of the model's own answers."""
-    top_k: int | None = Field(default=DEFAULT_POLICY.top_k, ge=1)
-    """Keep at most this many documents."""
+    policy: KeepPolicy | None = None
+    """The whole keep policy (then leave the shorthands below unset); None: built from them."""
+    top_n: int | None = None
+    """Keep at most this many documents (None: the default policy's 1)."""
+    top_k: int | None = None
+    """Alias of ``top_n`` (the keep policy's name for it)."""
     threshold: float | None = None
-    """Keep only documents scoring at least this."""
+    """Keep only documents scoring at least this (keep-score units)."""
     relative: float | None = None
     """Keep only documents scoring at least this fraction (0-1) of the best score."""
-    token_budget: int | None = Field(default=None, ge=0)
+    token_budget: int | None = None
     """Keep documents, best first, while their prompt tokens stay within this budget."""
-    min_keep: int = Field(default=1, ge=0)
-    """Always keep at least this many of the best documents."""
+    min_keep: int | None = None
+    """Always keep at least this many of the best documents (None: 1)."""
+    sentence_policy: KeepPolicy | None = None
+    """Also drop the unused sentences inside kept documents, keeping those this policy selects among
+    each document's own sentences (None: whole documents, unless ``sentence_level``)."""
     sentence_level: bool = False
-    """Also drop the unused sentences inside kept documents (scores sentences instead of documents)."""
-    sentence_policy: KeepPolicy = Field(default_factory=lambda: KeepPolicy(relative=0.5))
-    """Which sentences of a kept document to keep (default: those with at least half the weight of
-    the document's strongest sentence)."""
+    """Shorthand: ``True`` without a ``sentence_policy`` uses ``at2_rag.SENTENCE_POLICY`` (sentences
+    with at least half the weight of the document's strongest one)."""
     query_estimator: str | None = "default"
     """Estimator for the support and query modes: ``"default"`` (the mode's shipped one), a path, or
     None (uniform)."""
-    rank_weight: float | None = Field(default=None, ge=0)
+    rank_weight: float | None = Field(default=None, ge=0, allow_inf_nan=False)
     """Weight of the retriever's rank (the documents' order, best first) in the keep score; None: the
     mode's default (fitted with the support estimator; 0 in the other modes). Set 0 when the order
     of the documents says nothing about relevance."""
 
+    _warned_unprunable: bool = PrivateAttr(default=False)
+
     @model_validator(mode="after")
-    def _check_policy(self) -> Self:
-        self.policy()  # the core validates the combination
+    def _check_policies(self) -> Self:
+        self.resolved_policy()  # at2_rag.keep_policy validates the values and their combination
+        self.resolved_sentence_policy()
         return self
 
-    def policy(self, k: int | None = None) -> KeepPolicy:
-        """The core keep policy these fields describe (``k`` replaces ``top_k``)."""
-        if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
-            raise ValueError(f"k must be a positive int, got {k!r}")
-        return KeepPolicy(
-            top_k=self.top_k if k is None else k,
+    def resolved_policy(self, top_n: int | None = None) -> KeepPolicy:
+        """The keep policy in force (``top_n`` replaces its limit for one call)."""
+        policy = keep_policy(
+            self.policy,
+            top_n=self.top_n,
+            top_k=self.top_k,
             threshold=self.threshold,
             relative=self.relative,
             token_budget=self.token_budget,
             min_keep=self.min_keep,
         )
+        return policy if top_n is None else keep_policy(top_n=top_n, default=policy)
+
+    def resolved_sentence_policy(self) -> KeepPolicy | None:
+        """The policy for sentences inside kept documents (None: whole documents are kept)."""
+        if self.sentence_policy is None:
+            return SENTENCE_POLICY if self.sentence_level else None
+        if "sentence_level" in self.model_fields_set and not self.sentence_level:
+            raise ValueError("sentence_level=False contradicts sentence_policy (which turns sentence pruning on)")
+        policy = keep_policy(self.sentence_policy)
+        if policy.min_keep < 1:
+            raise ValueError("sentence_policy.min_keep must be at least 1: a kept document would be left empty")
+        return policy
 
     @override
     def compress_documents(
@@ -89,14 +136,14 @@ class AT2DocumentCompressor(LocalModelFields, BaseDocumentCompressor):
         query: str,
         callbacks: Callbacks | None = None,
         *,
+        top_n: int | None = None,
         k: int | None = None,
     ) -> Sequence[Document]:
-        """Score ``documents`` for ``query`` and return the kept ones, best first (at most ``k``)."""
-        policy, indices, docs = self._prepare(documents, query, k)
-        if not docs:
-            return []
-        result = self._pruner(self.get_attributor(), policy).prune(query, docs)
-        return self._build(documents, indices, result)
+        """Score ``documents`` for ``query`` and return the kept ones, best first (``top_n``: at most this many)."""
+        step = self._step(documents, query, top_n_or_k(top_n, k, f"{type(self).__name__}.compress_documents"))
+        if isinstance(step, list):
+            return step
+        return step.invoke({"query": query, "documents": list(documents)}, {"callbacks": callbacks})
 
     @override
     async def acompress_documents(
@@ -105,27 +152,56 @@ class AT2DocumentCompressor(LocalModelFields, BaseDocumentCompressor):
         query: str,
         callbacks: Callbacks | None = None,
         *,
+        top_n: int | None = None,
         k: int | None = None,
     ) -> Sequence[Document]:
         """:meth:`compress_documents` with the model work in a worker thread (the loop keeps running)."""
-        policy, indices, docs = self._prepare(documents, query, k)
-        if not docs:
-            return []
-        att = await asyncio.to_thread(self.get_attributor)
-        result = await self._pruner(att, policy).aprune(query, docs)
-        return self._build(documents, indices, result)
+        step = self._step(documents, query, top_n_or_k(top_n, k, f"{type(self).__name__}.compress_documents"))
+        if isinstance(step, list):
+            return step
+        return await step.ainvoke({"query": query, "documents": list(documents)}, {"callbacks": callbacks})
 
     # -- internals ----------------------------------------------------------------------------------
-    def _prepare(
-        self, documents: Sequence[Document], query: str, k: int | None
-    ) -> tuple[KeepPolicy, list[int], list[at2_rag.Document]]:
-        """The policy, and the positions and at2-rag views of the documents to score (none: nothing to do)."""
-        policy = self.policy(k)
+    def _step(
+        self, documents: Sequence[Document], query: str, top_n: int | None
+    ) -> RunnableLambda | list[Document]:
+        """The scoring run for these documents, or the result itself when there is nothing to score."""
+        policy = self.resolved_policy(top_n)
         if not documents:
-            return policy, [], []
+            return []
         check_question(query)
         indices = non_empty(documents, type(self).__name__)
-        return policy, indices, [to_at2(documents[i], self.title_key) for i in indices]
+        if not indices:
+            return []
+        if self.mode == "draft" and self._nothing_to_prune(policy, len(indices)):
+            self._warn_nothing_to_prune(policy, len(indices))
+            return [plain_copy(documents[i]) for i in indices]
+        return RunnableLambda(partial(self._prune, indices=indices, policy=policy), name=PRUNE_RUN_NAME)
+
+    def _prune(self, inputs: dict[str, Any], *, indices: list[int], policy: KeepPolicy) -> list[Document]:
+        documents, query = inputs["documents"], inputs["query"]
+        docs = [to_at2(documents[i], self.title_key) for i in indices]
+        result = self._pruner(self.get_attributor(), policy).prune(query, docs)
+        return self._build(documents, indices, result)
+
+    def _nothing_to_prune(self, policy: KeepPolicy, n: int) -> bool:
+        """Whether the policy keeps every one of ``n`` documents whatever their scores."""
+        whole = self.resolved_sentence_policy() is None
+        cut_offs = (policy.threshold, policy.relative, policy.token_budget)
+        return whole and all(c is None for c in cut_offs) and (policy.top_k is None or n <= policy.top_k)
+
+    def _warn_nothing_to_prune(self, policy: KeepPolicy, n: int) -> None:
+        if self._warned_unprunable:
+            return
+        self._warned_unprunable = True
+        warnings.warn(
+            f"{type(self).__name__}(mode='draft') got {n} document(s) and keeps up to {policy.top_k or 'all'}: "
+            "nothing can be pruned, so the draft is skipped and the documents are returned unscored, in their "
+            "order. Retrieve more documents than you keep (e.g. as_retriever(search_kwargs={'k': 10})). "
+            "(Shown once per compressor.)",
+            UserWarning,
+            stacklevel=5,
+        )
 
     def _pruner(self, att: AT2Attributor, policy: KeepPolicy) -> Pruner:
         return Pruner(
@@ -134,19 +210,21 @@ class AT2DocumentCompressor(LocalModelFields, BaseDocumentCompressor):
             policy=policy,
             query_estimator=self.query_estimator,
             max_new_tokens=self.max_new_tokens,
-            sentence_policy=self.sentence_policy if self.sentence_level else None,
+            sentence_policy=self.resolved_sentence_policy(),
             rank_weight=self.rank_weight,
         )
 
     @staticmethod
     def _build(documents: Sequence[Document], indices: list[int], result: PruneResult) -> list[Document]:
-        out = []
         keep_scores = result.keep_scores
+        relevance = relevance_scores(keep_scores)
+        out = []
         for i in result.kept:
-            doc, score, relevance = documents[indices[i]], float(result.scores[i]), float(keep_scores[i])
+            doc = documents[indices[i]]
+            scores = (float(result.scores[i]), float(keep_scores[i]), relevance[i])
             if result.sentence_spans is None:
-                out.append(scored_copy(doc, score, relevance=relevance))
+                out.append(scored_copy(doc, *scores))
                 continue
             spans = [list(span) for span in result.sentence_spans[i]]
-            out.append(scored_copy(doc, score, result.kept_text(i), relevance=relevance, **{SPANS_KEY: spans}))
+            out.append(scored_copy(doc, *scores, result.kept_text(i), **{SPANS_KEY: spans}))
         return out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Sequence
 from typing import Any
@@ -9,13 +10,16 @@ from typing import Any
 from langchain_core.documents import Document
 
 import at2_rag
-from at2_rag import InputError
+from at2_rag import InputError, format_context
 
 SCORE_KEY = "attribution_score"
-"""Metadata key of the AT2 score of a returned document."""
+"""Metadata key of the raw AT2 score of a returned document (the estimator's units)."""
+KEEP_SCORE_KEY = "keep_score"
+"""Metadata key of the raw score the documents were ranked by: the AT2 score fused with the
+retriever's rank in support mode (standardized units), the AT2 score itself otherwise."""
 RELEVANCE_KEY = "relevance_score"
-"""The score the documents were ranked by (the keep score: attribution fused with retriever rank in
-support mode), under the key LangChain rerankers use, so downstream code finds it."""
+"""Metadata key of the keep score mapped to 0-1 within the call (min-max over the scored documents:
+the best scores 1, the worst 0), under the key LangChain rerankers use, so downstream code finds it."""
 SPANS_KEY = "attribution_spans"
 """Character spans, in the original text, of the sentences kept by sentence-level pruning."""
 
@@ -51,18 +55,37 @@ def to_at2(doc: Document, title_key: str | None = "title") -> at2_rag.Document:
     return at2_rag.Document(text=doc.page_content, title=title, id=doc.id)
 
 
+def relevance_scores(keep_scores: Sequence[float]) -> list[float]:
+    """Keep scores mapped to 0-1 by min-max over the finite ones (all equal: 1; not finite: 0); order is kept."""
+    finite = [s for s in keep_scores if math.isfinite(s)]
+    if not finite:
+        return [0.0] * len(keep_scores)
+    low, high = min(finite), max(finite)
+    return [
+        (0.0 if not math.isfinite(s) else 1.0 if high == low else (s - low) / (high - low)) for s in keep_scores
+    ]
+
+
 def scored_copy(
-    doc: Document, score: float, page_content: str | None = None, *, relevance: float | None = None, **extra: Any
+    doc: Document, score: float, keep_score: float, relevance: float, page_content: str | None = None, **extra: Any
 ) -> Document:
-    """A new document with the attribution score and the relevance score (the keep score the
-    documents were ranked by; the attribution score when not given) in its metadata; the input
-    document is left untouched."""
-    metadata = {**doc.metadata, SCORE_KEY: score, RELEVANCE_KEY: score if relevance is None else relevance, **extra}
+    """A new document with the attribution, keep and relevance scores in its metadata (the input is untouched)."""
+    metadata = {**doc.metadata, SCORE_KEY: score, KEEP_SCORE_KEY: keep_score, RELEVANCE_KEY: relevance, **extra}
     return Document(
         page_content=doc.page_content if page_content is None else page_content,
         metadata=metadata,
         id=doc.id,
     )
+
+
+def plain_copy(doc: Document) -> Document:
+    """A new document with the same text, metadata (a copy) and id."""
+    return Document(page_content=doc.page_content, metadata=dict(doc.metadata), id=doc.id)
+
+
+def format_documents(documents: Sequence[Document], title_key: str | None = "title") -> str:
+    """The documents numbered as the local model reads them (the ``context`` of ``default_answer_prompt``)."""
+    return format_context([to_at2(d, title_key) for d in documents])
 
 
 def as_documents(items: Sequence[Document | str]) -> list[Document]:

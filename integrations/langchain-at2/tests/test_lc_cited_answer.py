@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import operator
+import time
+from collections import Counter
+from functools import reduce
 from typing import Any
 
 import pytest
@@ -13,9 +17,10 @@ from langchain_core.language_models.fake_chat_models import FakeListChatModel, G
 from langchain_core.messages import AIMessage
 from langchain_core.runnables import RunnableLambda
 from lc_support import GOLD, QUESTION, TEXTS
+from pydantic import ValidationError
 
-from at2_rag import InputError
-from langchain_at2 import AT2CitedAnswer, AT2DocumentCompressor
+from at2_rag import ContextTooLongError, InputError
+from langchain_at2 import AT2ChatModel, AT2CitedAnswer, AT2DocumentCompressor
 
 FACT = "The Eiffel Tower was completed in 1889."
 TOKYO = "Tokyo hosted the Summer Olympics in 2021."
@@ -116,7 +121,7 @@ def test_local_model_answers_and_cites_itself(attributor, docs):
 def test_prune_then_regenerate_answers_from_the_pruned_context(attributor, docs):
     recorder = Recorder()
     chain = AT2CitedAnswer(
-        compressor=AT2DocumentCompressor(attributor=attributor, top_k=1, max_new_tokens=8),
+        compressor=AT2DocumentCompressor(attributor=attributor, top_n=1, max_new_tokens=8),
         llm=FakeListChatModel(responses=[FACT]),
     )
     out = chain.invoke({"question": QUESTION, "documents": docs}, config={"callbacks": [recorder]})
@@ -152,3 +157,91 @@ def test_empty_model_answer_gives_no_citations(attributor, docs):
         {"question": QUESTION, "documents": docs}
     )
     assert out["answer"] == "" and out["citations"] == [] and out["document_scores"] == [0.0] * 4
+
+
+def test_unknown_arguments_are_rejected():
+    with pytest.raises(ValidationError, match="extra_forbidden"):
+        AT2CitedAnswer(top_x=1)
+    with pytest.raises(ValidationError):
+        AT2CitedAnswer(max_sources=0)
+
+
+def added(chunks: list[dict[str, Any]]) -> dict[str, Any]:
+    """The streamed chunks added up, as LangChain adds them."""
+    return dict(reduce(operator.add, chunks))
+
+
+def test_stream_yields_the_answer_in_pieces_then_the_citations(attributor, docs):
+    def make() -> AT2CitedAnswer:
+        return AT2CitedAnswer(attributor=attributor, llm=FakeListChatModel(responses=[f"{FACT} {TOKYO}"]))
+
+    expected = make().invoke({"question": QUESTION, "documents": docs})
+    chunks = list(make().stream({"question": QUESTION, "documents": docs}))
+    first, *pieces, last = chunks
+    assert first == {"question": QUESTION, "documents": docs, "answer": ""}
+    assert len(pieces) > 10 and all(set(p) == {"answer"} for p in pieces)  # the fake model streams characters
+    assert set(last) == {"answer_with_markers", "citations", "document_scores"}
+    assert added(chunks) == expected and expected["citations"][0]["documents"][0] == GOLD
+
+
+def test_local_model_streams_its_answer_and_cites_it_without_extra_passes(monkeypatch, attributor, docs):
+    chain = AT2CitedAnswer(attributor=attributor, max_new_tokens=16)
+    expected = chain.invoke({"question": QUESTION, "documents": docs})
+    monkeypatch.setattr(attributor, "attribute", lambda *a, **k: pytest.fail("the local answer needs no extra pass"))
+    chunks = list(chain.stream({"question": QUESTION, "documents": docs}))
+    assert len([c for c in chunks if c.get("answer")]) > 3
+    assert added(chunks) == expected and expected["citations"][0]["documents"][0] == GOLD
+    achunks = asyncio.run(acollect(chain, {"question": QUESTION, "documents": docs}))
+    assert added(achunks) == expected and len(achunks) == len(chunks)
+
+
+async def acollect(chain: AT2CitedAnswer, input: Any) -> list[dict[str, Any]]:
+    return [chunk async for chunk in chain.astream(input)]
+
+
+def test_stopping_a_local_stream_early_stops_the_model(monkeypatch, attributor, docs):
+    results = []
+    generate = attributor.generate
+    monkeypatch.setattr(attributor, "generate", lambda *a, **k: results.append(generate(*a, **k)) or results[-1])
+    chain = AT2CitedAnswer(attributor=attributor, max_new_tokens=32)
+    full = len(chain.invoke({"question": QUESTION, "documents": docs}) and results[0].answer_ids)
+    stream = chain.stream({"question": QUESTION, "documents": docs})
+    assert next(stream)["documents"] == docs and set(next(stream)) == {"answer"}
+    stream.close()  # the worker thread stops at its next token
+    deadline = time.monotonic() + 30
+    while len(results) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert full > 10 and len(results[1].answer_ids) < full / 2
+
+
+async def test_astream_events_show_the_at2_runs_and_the_token_stream(attributor, docs):
+    chain = AT2CitedAnswer(
+        attributor=attributor,
+        compressor=AT2DocumentCompressor(attributor=attributor, mode="query", top_n=2),
+        llm=AT2ChatModel(attributor=attributor, max_new_tokens=16),
+    )
+    events = [e async for e in chain.astream_events({"question": QUESTION, "documents": docs}, version="v2")]
+    counts = Counter((e["event"], e["name"]) for e in events)
+    for name in ("at2_prune", "at2_cite"):
+        assert counts["on_chain_start", name] == counts["on_chain_end", name] == 1
+    assert counts["on_chat_model_stream", "AT2ChatModel"] > 3
+    own = [e["data"]["chunk"] for e in events if e["event"] == "on_chain_stream" and e["name"] == "AT2CitedAnswer"]
+    assert len(own) > 3 and "citations" in own[-1]
+    (end,) = [e for e in events if e["event"] == "on_chain_end" and e["name"] == "AT2CitedAnswer"]
+    assert end["data"]["output"] == added(own) and len(end["data"]["output"]["documents"]) == 2
+    prune = next(e for e in events if e["event"] == "on_chain_end" and e["name"] == "at2_prune")
+    assert [d.id for d in prune["data"]["output"]] == [d.id for d in end["data"]["output"]["documents"]]
+    # The local model's answer is its own run, streamed as it is written.
+    local = AT2CitedAnswer(attributor=attributor, max_new_tokens=16)
+    events = [e async for e in local.astream_events({"question": QUESTION, "documents": docs}, version="v2")]
+    counts = Counter((e["event"], e["name"]) for e in events)
+    assert counts["on_chain_stream", "at2_generate"] > 3 and counts["on_chain_end", "at2_cite"] == 1
+
+
+def test_errors_in_the_streamed_local_answer_reach_the_caller(attributor, docs):
+    long_doc = Document(page_content="Paris has many old buildings and bridges, " * 1100)
+    chain = AT2CitedAnswer(attributor=attributor, max_new_tokens=8)
+    with pytest.raises(ContextTooLongError, match="window"):
+        list(chain.stream({"question": QUESTION, "documents": [docs[GOLD], long_doc]}))
+    with pytest.raises(ContextTooLongError, match="window"):
+        asyncio.run(acollect(chain, {"question": QUESTION, "documents": [docs[GOLD], long_doc]}))

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import re
 
 import pytest
-from li_support import GOLD, QUESTION, FixedLLM
+from li_support import GOLD, QUESTION, FixedLLM, while_ticking
+from llama_index.core.base.response.schema import AsyncStreamingResponse, StreamingResponse
+from llama_index.core.query_engine import CitationQueryEngine
 from llama_index.core.schema import QueryBundle
 from llama_index.postprocessor.at2 import (
     ATTRIBUTION_SCORE_KEY,
@@ -14,7 +17,9 @@ from llama_index.postprocessor.at2 import (
     AT2CitationQueryEngine,
     AT2Postprocessor,
 )
-from llama_index.postprocessor.at2.citation_engine import EMPTY_RESPONSE
+from llama_index.postprocessor.at2.citation_engine import EMPTY_RESPONSE, METADATA_KEYS_FILLED_AT_END
+
+METADATA_FILLED_AT_END = METADATA_KEYS_FILLED_AT_END
 
 ANSWER = "The Eiffel Tower was completed in 1889. Tokyo is the capital of Japan."
 
@@ -69,7 +74,7 @@ def test_async_equals_sync(api_run):
 
 def test_pruning_regenerates_from_the_kept_nodes_only(attributor, index):
     llm = FixedLLM(answer="The Eiffel Tower was completed in 1889.")
-    pruner = AT2Postprocessor(attributor=attributor, mode="query", top_k=1)
+    pruner = AT2Postprocessor(attributor=attributor, mode="query", top_n=1)
     engine = AT2CitationQueryEngine.from_args(index, llm=llm, pruner=pruner, similarity_top_k=4)
     response = engine.query(QUESTION)
     assert [n.node_id for n in response.source_nodes] == [GOLD]
@@ -103,3 +108,104 @@ def test_empty_answer_and_no_nodes_give_uncited_responses(attributor, index):
     engine = AT2CitationQueryEngine(Nothing(), attributor=attributor)  # type: ignore[arg-type]
     response = engine.query(QueryBundle(QUESTION))
     assert response.response == EMPTY_RESPONSE and response.source_nodes == []
+
+
+# -- streaming --------------------------------------------------------------------------------------
+def consume(response) -> list:
+    """The streamed pieces, after checking that nothing was filled in before the stream was read."""
+    assert set(response.metadata) == set(METADATA_FILLED_AT_END)
+    assert all(value is None for value in response.metadata.values())
+    assert all(n.score is None for n in response.source_nodes)
+    if isinstance(response, AsyncStreamingResponse):
+        async def read():
+            return [piece async for piece in response.async_response_gen()]
+
+        return asyncio.run(read())
+    return list(response.response_gen)
+
+
+def test_streaming_local_model_streams_then_fills_the_citations(attributor, index):
+    kwargs = {"attributor": attributor, "similarity_top_k": 2, "max_new_tokens": 16}
+    plain = AT2CitationQueryEngine.from_args(index, **kwargs).query(QUESTION)
+    response = AT2CitationQueryEngine.from_args(index, streaming=True, **kwargs).query(QUESTION)
+    assert isinstance(response, StreamingResponse)
+    order = [n.node_id for n in response.source_nodes]
+    pieces = consume(response)
+    assert len(pieces) >= 5  # token by token
+    assert "".join(pieces) == response.metadata["answer"] == plain.metadata["answer"]
+    assert response.metadata == plain.metadata and response.metadata["cited_response"] == plain.response
+    assert [n.node_id for n in response.source_nodes] == order  # [n] already pointed at source_nodes[n-1]
+    assert [(n.node_id, n.score) for n in response.source_nodes] == [(n.node_id, n.score) for n in plain.source_nodes]
+    assert response.get_response().response == plain.metadata["answer"]  # LlamaIndex's own accessor
+
+
+def test_streaming_with_an_llm_attributes_the_streamed_answer(attributor, index, api_run):
+    _, plain, _ = api_run
+    llm = FixedLLM(answer=ANSWER)
+    engine = AT2CitationQueryEngine.from_args(index, llm=llm, attributor=attributor, similarity_top_k=4, streaming=True)
+    response = engine.query(QUESTION)
+    pieces = consume(response)
+    assert pieces == ["The ", "Eiffel ", "Tower ", "was ", "completed ", "in ", "1889. ", "Tokyo ", "is ", "the ",
+                      "capital ", "of ", "Japan."]  # the LLM's stream, passed on as it came
+    assert response.metadata == plain.metadata and response.metadata["cited_response"] == plain.response
+    assert [(n.node_id, n.score) for n in response.source_nodes] == [(n.node_id, n.score) for n in plain.source_nodes]
+
+    async_response = asyncio.run(engine.aquery(QUESTION))
+    assert isinstance(async_response, AsyncStreamingResponse)
+    assert "".join(consume(async_response)) == ANSWER and async_response.metadata == plain.metadata
+
+
+def test_async_streaming_local_model_keeps_the_loop_running(attributor, index):
+    engine = AT2CitationQueryEngine.from_args(index, attributor=attributor, similarity_top_k=2, max_new_tokens=16,
+                                              streaming=True)
+
+    async def work():
+        response = await engine.aquery(QUESTION)
+        return [piece async for piece in response.async_response_gen()], response
+
+    (pieces, response), ticks = asyncio.run(while_ticking(work))
+    assert ticks > 2 and len(pieces) >= 5
+    assert "".join(pieces) == response.metadata["answer"] and response.metadata["citations"]
+
+
+def test_streaming_without_nodes_gives_an_uncited_empty_response(attributor):
+    class Nothing:
+        def retrieve(self, query_bundle):
+            return []
+
+    engine = AT2CitationQueryEngine(Nothing(), attributor=attributor, streaming=True)  # type: ignore[arg-type]
+    response = engine.query(QueryBundle(QUESTION))
+    assert consume(response) == [EMPTY_RESPONSE]
+    assert response.metadata["citations"] == [] and response.metadata["cited_response"] == EMPTY_RESPONSE
+
+
+# -- citation chunks --------------------------------------------------------------------------------
+def test_citation_chunks_are_the_builtin_engines_chunks(attributor, index):
+    chunking = {"citation_chunk_size": 8, "citation_chunk_overlap": 0}
+    engine = AT2CitationQueryEngine.from_args(index, llm=FixedLLM(answer="It was completed in 1889."),
+                                              attributor=attributor, similarity_top_k=4, **chunking)
+    builtin = CitationQueryEngine.from_args(index, llm=FixedLLM(answer="x"), similarity_top_k=4, **chunking)
+    expected = [re.sub(r"^Source \d+:\n", "", n.node.get_content()).rstrip("\n")
+                for n in builtin.query(QUESTION).source_nodes]
+
+    response = engine.query(QUESTION)
+    assert [n.node.get_content() for n in response.source_nodes] == expected
+    assert len(expected) > 4  # the four facts were split
+    ids = [n.node_id for n in response.source_nodes]
+    gold = ids.index(next(i for i, n in zip(ids, response.source_nodes) if "1889" in n.node.get_content()))
+    assert ids[gold].startswith(f"{GOLD}#")
+    assert response.source_nodes[gold].node.metadata["title"] == "Eiffel Tower"  # the node's metadata kept
+    assert response.source_nodes[gold].node.start_char_idx is None
+    assert response.metadata["citations"][0]["sources"][0]["document_id"] == ids[gold]
+    assert response.response == f"It was completed in 1889.[{gold + 1}]"
+
+
+def test_citation_chunk_settings(attributor, index, nodes):
+    whole = AT2CitationQueryEngine.from_args(index, attributor=attributor)
+    assert whole.citation_nodes(nodes) == nodes  # default: whole nodes
+    big = AT2CitationQueryEngine.from_args(index, attributor=attributor, citation_chunk_size=512)
+    assert big.citation_nodes(nodes) == nodes  # a node that fits one chunk is kept as it is
+    with pytest.raises(ValueError, match="citation_chunk_size must be a positive int"):
+        AT2CitationQueryEngine.from_args(index, attributor=attributor, citation_chunk_size=0)
+    with pytest.raises(ValueError, match="needs citation_chunk_size"):
+        AT2CitationQueryEngine.from_args(index, attributor=attributor, citation_chunk_overlap=5)

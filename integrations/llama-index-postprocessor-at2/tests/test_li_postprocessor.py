@@ -27,7 +27,7 @@ def texts(nodes):
 
 @pytest.mark.parametrize("mode", ["query", "draft"])
 def test_scores_equal_the_core_pruner_and_keep_the_gold_node(attributor, nodes, query, mode):
-    pp = AT2Postprocessor(attributor=attributor, mode=mode, top_k=2, max_new_tokens=8)
+    pp = AT2Postprocessor(attributor=attributor, mode=mode, top_n=2, max_new_tokens=8)
     out = pp.postprocess_nodes(nodes, query)
     core = Pruner(attributor, mode=mode, policy=KeepPolicy(top_k=2), max_new_tokens=8).prune(QUESTION, texts(nodes))
 
@@ -49,7 +49,7 @@ def scored(attributor):
     nodes[0].node.metadata["internal"] = "secret"
     nodes[0].node.excluded_llm_metadata_keys = ["internal"]
     snapshot = [(n.score, dict(n.node.metadata), list(n.node.excluded_llm_metadata_keys)) for n in nodes]
-    pp = AT2Postprocessor(attributor=attributor, mode="query", top_k=4)
+    pp = AT2Postprocessor(attributor=attributor, mode="query", top_n=4)
     return pp, nodes, snapshot, pp.postprocess_nodes(nodes, QueryBundle(QUESTION))
 
 
@@ -106,7 +106,7 @@ def test_async_equals_sync_and_leaves_the_event_loop_free(scored):
 
 def test_query_engine_prompt_holds_kept_nodes_without_scores(attributor, index):
     llm = FixedLLM(answer="It was completed in 1889.")
-    pp = AT2Postprocessor(attributor=attributor, mode="query", top_k=1)
+    pp = AT2Postprocessor(attributor=attributor, mode="query", top_n=1)
     engine = index.as_query_engine(llm=llm, node_postprocessors=[pp], similarity_top_k=4)
     response = engine.query(QUESTION)
 
@@ -166,7 +166,7 @@ def test_nodes_without_text_are_left_out(attributor, nodes, query):
     with pytest.warns(UserWarning, match="no text"):
         assert pp.postprocess_nodes([empty], query) == []
     assert not pp.attributor_loader.loaded  # nothing to score, so nothing was loaded
-    pp = AT2Postprocessor(attributor=attributor, mode="query", top_k=5)
+    pp = AT2Postprocessor(attributor=attributor, mode="query", top_n=5)
     with pytest.warns(UserWarning, match="blank"):
         out = pp.postprocess_nodes([empty, *nodes], query)
     assert "blank" not in [n.node_id for n in out] and len(out) == len(nodes)
@@ -181,7 +181,7 @@ def test_over_long_context_raises_or_drops_the_last_nodes(attributor, query):
     dropping = AT2Attributor(attributor.model, attributor.tokenizer, overflow="drop_last")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        out = AT2Postprocessor(attributor=dropping, mode="query", top_k=3).postprocess_nodes(nodes, query)
+        out = AT2Postprocessor(attributor=dropping, mode="query", top_n=3).postprocess_nodes(nodes, query)
     assert any("long" in str(w.message) for w in caught)
     assert [n.node_id for n in out][0] == GOLD and "long" not in [n.node_id for n in out]
 
@@ -189,9 +189,13 @@ def test_over_long_context_raises_or_drops_the_last_nodes(attributor, query):
 @pytest.mark.parametrize(
     "kwargs, error",
     [
-        ({"top_k": -1}, ValueError),
+        ({"top_n": -1}, ValueError),
+        ({"top_n": 0}, ValueError),
+        ({"top_k": 0}, ValueError),
         ({"relative": 2.0}, ValueError),
         ({"mode": "fast"}, ValidationError),
+        ({"max_new_tokens": 0}, ValidationError),
+        ({"rank_weight": float("inf")}, ValidationError),
         ({"overflow": "truncate"}, ValidationError),
     ],
 )
@@ -201,17 +205,24 @@ def test_invalid_settings_fail_at_construction(kwargs, error):
 
 
 def test_serialises_settings_but_not_the_model(attributor):
-    data = AT2Postprocessor(attributor=attributor, mode="query", top_k=2, relative=0.5).to_dict()
+    pp = AT2Postprocessor(attributor=attributor, mode="query", top_n=2, relative=0.5,
+                          sentence_policy=KeepPolicy(relative=0.25))
+    data = pp.to_dict()
     assert data["class_name"] == AT2Postprocessor.class_name() == "AT2Postprocessor"
-    assert (data["mode"], data["top_k"], data["relative"]) == ("query", 2, 0.5)
+    assert (data["mode"], data["top_n"], data["relative"]) == ("query", 2, 0.5)
     assert "attributor" not in data and "_loader" not in data
+    again = AT2Postprocessor.from_dict(data)
+    assert again.resolved_policy() == KeepPolicy(top_k=2, relative=0.5)
+    assert again.resolved_sentence_policy() == KeepPolicy(relative=0.25)
+    with_policy = AT2Postprocessor.from_dict(AT2Postprocessor(policy=KeepPolicy(top_k=3, min_keep=0)).to_dict())
+    assert with_policy.policy == with_policy.resolved_policy() == KeepPolicy(top_k=3, min_keep=0)
 
 
 def test_sentence_level_keeps_the_core_pruners_sentences(attributor, nodes, query):
     # Chunks with offsets in their source file, as a node parser leaves them.
     nodes = [NodeWithScore(node=n.node.model_copy(update={"start_char_idx": 100, "end_char_idx": 100 + len(n.node.text)}),
                            score=n.score) for n in nodes]
-    pp = AT2Postprocessor(attributor=attributor, mode="query", top_k=2, sentence_level=True, sentence_relative=0.5)
+    pp = AT2Postprocessor(attributor=attributor, mode="query", top_n=2, sentence_policy=KeepPolicy(relative=0.5))
     snapshot = texts(nodes)
     out = pp.postprocess_nodes(nodes, query)
     core = Pruner(attributor, mode="query", policy=KeepPolicy(top_k=2),
@@ -225,11 +236,9 @@ def test_sentence_level_keeps_the_core_pruners_sentences(attributor, nodes, quer
         assert n.node.get_content() == "".join(snapshot[i][s:e] for s, e in spans).strip()
         assert spans == sorted(spans) and n.score == pytest.approx(core.scores[i], rel=1e-6, abs=1e-9)
         assert SPANS_KEY not in n.node.get_content(metadata_mode=MetadataMode.LLM)
+        assert n.node.start_char_idx is None and n.node.end_char_idx is None
     with pytest.raises(ValueError, match="metadata_mode"):
         AT2Postprocessor(attributor=attributor, sentence_level=True, metadata_mode=MetadataMode.ALL)
-        assert n.node.start_char_idx is None and n.node.end_char_idx is None
-    with pytest.raises(ValueError, match="less than or equal to 1"):
-        AT2Postprocessor(attributor=attributor, sentence_level=True, sentence_relative=2.0)
     later = AT2Postprocessor(attributor=attributor, mode="query", sentence_level=True)
     later.metadata_mode = MetadataMode.ALL  # set after construction: still refused before scoring
     with pytest.raises(ValueError, match="metadata_mode"):
@@ -238,14 +247,14 @@ def test_sentence_level_keeps_the_core_pruners_sentences(attributor, nodes, quer
 
 def test_default_is_support_mode_and_node_score_is_the_keep_score(attributor, nodes, query):
     pp = AT2Postprocessor(attributor=attributor)
-    assert pp.mode == "support" and pp.top_k == DEFAULT_POLICY.top_k
+    assert pp.mode == "support" and pp.top_n is None and pp.resolved_policy() == DEFAULT_POLICY
     out = pp.postprocess_nodes(nodes, query)
     core = Pruner(attributor).prune(QUESTION, texts(nodes))
     assert [n.node_id for n in out] == [nodes[i].node_id for i in core.kept] == [GOLD]
     i = core.kept[0]
     assert out[0].score == pytest.approx(core.keep_scores[i], abs=1e-7)
     assert out[0].node.metadata["attribution_score"] == pytest.approx(core.scores[i], abs=1e-7)
-    alone = AT2Postprocessor(attributor=attributor, rank_weight=0.0, top_k=2).postprocess_nodes(nodes, query)
+    alone = AT2Postprocessor(attributor=attributor, rank_weight=0.0, top_n=2).postprocess_nodes(nodes, query)
     assert all(n.score == n.node.metadata["attribution_score"] for n in alone)
 
 

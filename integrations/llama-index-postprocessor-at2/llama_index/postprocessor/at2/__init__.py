@@ -1,7 +1,9 @@
-"""AT2 context attribution for LlamaIndex: prune retrieved nodes and cite them by measured attribution."""
+"""AT2 context attribution for LlamaIndex: prune retrieved nodes, cite them by measured attribution, and
+answer with the bundled local model, all offline."""
 
 from llama_index.postprocessor.at2.citation_engine import AT2CitationQueryEngine
 from llama_index.postprocessor.at2.embedding import AT2BundledEmbedding
+from llama_index.postprocessor.at2.llm import AT2LLM
 from llama_index.postprocessor.at2.nodes import (
     ATTRIBUTION_SCORE_KEY,
     METADATA_KEYS,
@@ -16,6 +18,7 @@ __all__ = [
     "ATTRIBUTION_SCORE_KEY",
     "AT2BundledEmbedding",
     "AT2CitationQueryEngine",
+    "AT2LLM",
     "AT2Postprocessor",
     "LazyAttributor",
     "METADATA_KEYS",

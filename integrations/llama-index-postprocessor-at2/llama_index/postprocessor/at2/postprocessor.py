@@ -2,29 +2,55 @@
 
 from __future__ import annotations
 
-from typing import Any, List, Literal, Optional, Tuple
+import warnings
+from typing import Any, Dict, List, Literal, Optional, Tuple
 
-from llama_index.core.bridge.pydantic import Field, PrivateAttr
+import llama_index.core.instrumentation as instrument
+from llama_index.core.bridge.pydantic import ConfigDict, Field, PrivateAttr
+from llama_index.core.callbacks import CBEventType, EventPayload
+from llama_index.core.instrumentation.events.rerank import ReRankEndEvent, ReRankStartEvent
 from llama_index.core.postprocessor.types import BaseNodePostprocessor
 from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle
 
-from at2_rag import DEFAULT_POLICY, AT2Attributor, Document, KeepPolicy, LazyAttributor, Pruner, PruneResult
+from at2_rag import (
+    SENTENCE_POLICY,
+    AT2Attributor,
+    Document,
+    KeepPolicy,
+    LazyAttributor,
+    ModelIdentity,
+    Pruner,
+    PruneResult,
+    keep_policy,
+)
 
+from .arguments import check_arguments
 from .nodes import annotate, nodes_with_text, to_documents
+
+dispatcher = instrument.get_dispatcher(__name__)
 
 
 class AT2Postprocessor(BaseNodePostprocessor):
     """Score retrieved nodes with AT2 on a local model and keep the useful ones, best first.
 
-    Returned nodes are annotated copies: ``score`` is the attribution score, the metadata holds
+    Keep policy: ``policy`` (a whole :class:`~at2_rag.KeepPolicy`), or the shorthands ``top_n``
+    (alias ``top_k``), ``threshold``, ``relative``, ``token_budget`` and ``min_keep`` applied to the
+    default (keep the single best node); either way :func:`at2_rag.keep_policy` builds it, so bad
+    values fail at construction. ``sentence_policy`` (or ``sentence_level=True``) also drops the
+    unused sentences inside kept nodes. Unknown arguments raise ``TypeError``.
+
+    Returned nodes are annotated copies: ``score`` is the keep score, the metadata holds
     ``retrieval_score`` (the score the node arrived with) and ``attribution_score`` (and, with
-    ``sentence_level``, ``attribution_spans``), and every added key is excluded from LLM and
-    embedding text. The caller's nodes are never modified.
+    sentence-level pruning, ``attribution_spans``), and every added key is excluded from LLM and
+    embedding text. The caller's nodes are never modified. Each call emits LlamaIndex's
+    ``ReRankStartEvent``/``ReRankEndEvent`` (in a span) and a ``RERANKING`` callback event.
 
     Pass ``attributor=`` to share a loaded :class:`~at2_rag.AT2Attributor`; otherwise one is
-    loaded from ``model``/``estimator``/``device``/``dtype``/``overflow`` on the first non-empty
-    call (those fields are then fixed).
+    loaded from ``model``/``estimator``/``device``/``dtype``/``overflow`` on the first call with
+    nodes to score (those fields are then fixed).
     """
+
+    model_config = ConfigDict(extra="forbid")
 
     mode: Literal["support", "draft", "query"] = Field(
         default="support",
@@ -33,9 +59,13 @@ class AT2Postprocessor(BaseNodePostprocessor):
         "drafts an answer and its attention while drafting is scored (faithful to what the draft used); "
         "'query': one prefill pass scored by the estimator of the model's own answers.",
     )
-    top_k: Optional[int] = Field(default=DEFAULT_POLICY.top_k, description="Keep at most this many nodes.")
+    policy: Optional[KeepPolicy] = Field(
+        default=None, description="The whole keep policy (leave the shorthands unset); None: built from them."
+    )
+    top_n: Optional[int] = Field(default=None, description="Keep at most this many nodes (None: 1, the default).")
+    top_k: Optional[int] = Field(default=None, description="Alias of top_n (the keep policy's name for it).")
     threshold: Optional[float] = Field(
-        default=None, description="Keep only nodes scoring at least this (estimator units)."
+        default=None, description="Keep only nodes scoring at least this (keep-score units)."
     )
     relative: Optional[float] = Field(
         default=None, description="Keep only nodes scoring at least this fraction (0-1) of the best."
@@ -43,9 +73,21 @@ class AT2Postprocessor(BaseNodePostprocessor):
     token_budget: Optional[int] = Field(
         default=None, description="Keep nodes, best first, while their prompt tokens fit this budget."
     )
-    min_keep: int = Field(default=1, description="Always keep at least this many of the best nodes.")
+    min_keep: Optional[int] = Field(
+        default=None, description="Always keep at least this many of the best nodes (None: 1)."
+    )
+    sentence_policy: Optional[KeepPolicy] = Field(
+        default=None,
+        description="Also drop unused sentences inside kept nodes, keeping those this policy selects among "
+        "each node's own sentences (None: whole nodes, unless sentence_level). Needs metadata_mode NONE.",
+    )
+    sentence_level: bool = Field(
+        default=False,
+        description="Shorthand: True without a sentence_policy uses at2_rag.SENTENCE_POLICY (sentences with "
+        "at least half the weight of the node's strongest one); set to True when a sentence_policy is given.",
+    )
     max_new_tokens: Optional[int] = Field(
-        default=None, description="Draft length in draft mode (None: the attributor's default)."
+        default=None, gt=0, description="Draft length in draft mode (None: the attributor's default)."
     )
     query_estimator: Optional[str] = Field(
         default="default",
@@ -55,6 +97,7 @@ class AT2Postprocessor(BaseNodePostprocessor):
     rank_weight: Optional[float] = Field(
         default=None,
         ge=0.0,
+        allow_inf_nan=False,
         description="Weight of the retriever's rank (the nodes' order, best first) in the keep score; "
         "None: the mode's default (fitted with the support estimator; 0 in the other modes). Set 0 "
         "when the nodes' order says nothing about relevance.",
@@ -62,18 +105,6 @@ class AT2Postprocessor(BaseNodePostprocessor):
     metadata_mode: MetadataMode = Field(
         default=MetadataMode.NONE,
         description="How a node is rendered for scoring (NONE: its text alone).",
-    )
-    sentence_level: bool = Field(
-        default=False,
-        description="Also drop unused sentences inside kept nodes: the returned copies hold only the "
-        "kept sentences (needs metadata_mode NONE, so the scored text is the node's text).",
-    )
-    sentence_relative: float = Field(
-        default=0.5,
-        ge=0.0,
-        le=1.0,
-        description="With sentence_level: keep a node's sentences scoring at least this fraction (0-1) "
-        "of its strongest sentence.",
     )
     model: str = Field(default="default", frozen=True, description="Local model to load when none is given.")
     estimator: Optional[str] = Field(
@@ -88,11 +119,19 @@ class AT2Postprocessor(BaseNodePostprocessor):
     )
 
     _loader: LazyAttributor = PrivateAttr()
+    _warned_unprunable: bool = PrivateAttr(default=False)
 
-    def __init__(self, attributor: Optional[AT2Attributor] = None, **kwargs: Any) -> None:
+    def __init__(
+        self, attributor: Optional[AT2Attributor] = None, *, sentence_relative: Optional[float] = None, **kwargs: Any
+    ) -> None:
+        check_arguments(type(self), kwargs, ["attributor", "sentence_relative"])
+        if sentence_relative is not None:
+            kwargs["sentence_policy"] = _from_sentence_relative(sentence_relative, kwargs)
+        if kwargs.get("sentence_policy") is not None:
+            kwargs.setdefault("sentence_level", True)  # the field then says whether sentence pruning is on
         super().__init__(**kwargs)
-        self.policy  # noqa: B018 -- validate the keep policies now, not on the first query
-        self._check_sentence_level()
+        self.resolved_policy()  # validate the keep policies now, not on the first query
+        self.resolved_sentence_policy()
         self._loader = LazyAttributor(
             attributor,
             model=self.model,
@@ -106,10 +145,11 @@ class AT2Postprocessor(BaseNodePostprocessor):
     def class_name(cls) -> str:
         return "AT2Postprocessor"
 
-    @property
-    def policy(self) -> KeepPolicy:
-        """The core keep policy these fields describe (raises ValueError on invalid values)."""
-        return KeepPolicy(
+    def resolved_policy(self) -> KeepPolicy:
+        """The keep policy in force, from ``policy`` or the shorthands (ValueError on invalid values)."""
+        return keep_policy(
+            self.policy,
+            top_n=self.top_n,
             top_k=self.top_k,
             threshold=self.threshold,
             relative=self.relative,
@@ -117,53 +157,105 @@ class AT2Postprocessor(BaseNodePostprocessor):
             min_keep=self.min_keep,
         )
 
-    def _check_sentence_level(self) -> None:
-        if self.sentence_level and self.metadata_mode != MetadataMode.NONE:
+    def resolved_sentence_policy(self) -> Optional[KeepPolicy]:
+        """The policy for sentences inside kept nodes (None: whole nodes are kept)."""
+        if self.sentence_policy is None and not self.sentence_level:
+            return None
+        if self.metadata_mode != MetadataMode.NONE:
             raise ValueError(
-                "sentence_level=True rewrites the node text, so the scored text must be the node's "
+                "sentence-level pruning rewrites the node text, so the scored text must be the node's "
                 "text: use metadata_mode=MetadataMode.NONE (the default)"
             )
-
-    @property
-    def sentence_policy(self) -> Optional[KeepPolicy]:
-        """The keep policy for sentences inside kept nodes (None without ``sentence_level``)."""
-        return KeepPolicy(relative=self.sentence_relative) if self.sentence_level else None
+        if self.sentence_policy is None:
+            return SENTENCE_POLICY
+        if "sentence_level" in self.model_fields_set and not self.sentence_level:
+            raise ValueError("sentence_level=False contradicts sentence_policy (which turns sentence pruning on)")
+        policy = keep_policy(self.sentence_policy)
+        if policy.min_keep < 1:
+            raise ValueError("sentence_policy.min_keep must be at least 1: a kept node would be left empty")
+        return policy
 
     @property
     def attributor_loader(self) -> LazyAttributor:
         """The local model, loaded on first use (shared with a citation query engine)."""
         return self._loader
 
-    def pruner(self, attributor: AT2Attributor) -> Pruner:
+    def pruner(self, attributor: AT2Attributor, policy: Optional[KeepPolicy] = None) -> Pruner:
         """The core pruner for these settings (checked again: fields may have been set since)."""
-        self._check_sentence_level()
         return Pruner(
             attributor,
             mode=self.mode,
-            policy=self.policy,
+            policy=policy or self.resolved_policy(),
             query_estimator=self.query_estimator,
             max_new_tokens=self.max_new_tokens,
-            sentence_policy=self.sentence_policy,
+            sentence_policy=self.resolved_sentence_policy(),
             rank_weight=self.rank_weight,
         )
 
+    # -- postprocessing ---------------------------------------------------------------------------
+    @dispatcher.span
     def _postprocess_nodes(
         self, nodes: List[NodeWithScore], query_bundle: Optional[QueryBundle] = None
     ) -> List[NodeWithScore]:
+        policy = self._start(nodes, query_bundle)
         question, scored = self._prepare(nodes, query_bundle)
-        if not scored:
-            return []
-        return _kept(scored, self.pruner(self._loader.get()).prune(question, self._documents(scored)))
+        out: List[NodeWithScore] = []
+        if scored:
+            with self.callback_manager.event(CBEventType.RERANKING, payload=self._payload(scored, question, policy)) as event:
+                out = self._unscored(scored, policy)
+                if out is None:
+                    result = self.pruner(self._loader.get(), policy).prune(question, self._documents(scored))
+                    out = _kept(scored, result)
+                event.on_end(payload={EventPayload.NODES: out})
+        dispatcher.event(ReRankEndEvent(nodes=out))
+        return out
 
+    @dispatcher.span
     async def _apostprocess_nodes(
         self, nodes: List[NodeWithScore], query_bundle: Optional[QueryBundle] = None
     ) -> List[NodeWithScore]:
         """Score and prune in a worker thread (loading the model there too on first use)."""
+        policy = self._start(nodes, query_bundle)
         question, scored = self._prepare(nodes, query_bundle)
-        if not scored:
-            return []
-        pruner = self.pruner(await self._loader.aget())
-        return _kept(scored, await pruner.aprune(question, self._documents(scored)))
+        out: List[NodeWithScore] = []
+        if scored:
+            with self.callback_manager.event(CBEventType.RERANKING, payload=self._payload(scored, question, policy)) as event:
+                out = self._unscored(scored, policy)
+                if out is None:
+                    pruner = self.pruner(await self._loader.aget(), policy)
+                    out = _kept(scored, await pruner.aprune(question, self._documents(scored)))
+                event.on_end(payload={EventPayload.NODES: out})
+        dispatcher.event(ReRankEndEvent(nodes=out))
+        return out
+
+    # -- internals --------------------------------------------------------------------------------
+    def _model_name(self) -> str:
+        """The local model's name: the loaded model's, else the ``model`` field."""
+        if self._loader.loaded:
+            return ModelIdentity.of(self._loader.get().model).name or self.model
+        return self.model
+
+    def _start(self, nodes: List[NodeWithScore], query_bundle: Optional[QueryBundle]) -> KeepPolicy:
+        """The policy for this call, after the rerank start event (as LlamaIndex's rerankers emit it)."""
+        policy = self.resolved_policy()
+        dispatcher.event(
+            ReRankStartEvent(
+                query=query_bundle,
+                nodes=nodes,
+                top_n=policy.top_k if policy.top_k is not None else len(nodes),
+                model_name=self._model_name(),
+            )
+        )
+        return policy
+
+    def _payload(self, nodes: List[NodeWithScore], question: str, policy: KeepPolicy) -> Dict[str, Any]:
+        """The ``RERANKING`` callback payload, with the keys LlamaIndex's rerankers send."""
+        return {
+            EventPayload.NODES: nodes,
+            EventPayload.MODEL_NAME: self._model_name(),
+            EventPayload.QUERY_STR: question,
+            EventPayload.TOP_K: policy.top_k,
+        }
 
     def _documents(self, nodes: List[NodeWithScore]) -> List[Document]:
         return to_documents(nodes, self.metadata_mode)
@@ -176,6 +268,46 @@ class AT2Postprocessor(BaseNodePostprocessor):
                 "AT2Postprocessor scores nodes against the query: pass query_bundle= or query_str="
             )
         return query_bundle.query_str, nodes_with_text(nodes, self.metadata_mode)
+
+    def _nothing_to_prune(self, policy: KeepPolicy, n: int) -> bool:
+        """Whether ``policy`` keeps all ``n`` whole nodes, whatever their scores."""
+        cut_offs = (policy.threshold, policy.relative, policy.token_budget)
+        return (
+            self.resolved_sentence_policy() is None
+            and all(c is None for c in cut_offs)
+            and (policy.top_k is None or n <= policy.top_k)
+        )
+
+    def _unscored(self, nodes: List[NodeWithScore], policy: KeepPolicy) -> Optional[List[NodeWithScore]]:
+        """In draft mode, when nothing can be pruned: the nodes unscored, without drafting (else None)."""
+        if self.mode != "draft" or not self._nothing_to_prune(policy, len(nodes)):
+            return None
+        if not self._warned_unprunable:
+            self._warned_unprunable = True
+            warnings.warn(
+                f"AT2Postprocessor(mode='draft') got {len(nodes)} node(s) and keeps up to "
+                f"{policy.top_k or 'all'}: nothing can be pruned, so the draft is skipped and the nodes "
+                "are returned unscored, in their order. Retrieve more nodes than you keep (e.g. "
+                "index.as_query_engine(similarity_top_k=10, ...)). (Shown once per postprocessor.)",
+                UserWarning,
+                stacklevel=5,  # the caller of postprocess_nodes
+            )
+        return [annotate(n, None, rank_score=n.score) for n in nodes]
+
+
+def _from_sentence_relative(value: float, kwargs: Dict[str, Any]) -> Optional[KeepPolicy]:
+    """What deprecated ``sentence_relative`` means: KeepPolicy(relative=value) with sentence_level, else None."""
+    on = bool(kwargs.get("sentence_level"))
+    warnings.warn(
+        "AT2Postprocessor(sentence_relative=x) is deprecated: use sentence_policy=KeepPolicy(relative=x)"
+        + ("" if on else " (without sentence_level=True it is ignored, as it always was)"),
+        DeprecationWarning,
+        stacklevel=3,  # the caller of AT2Postprocessor(...)
+    )
+    if kwargs.get("sentence_policy") is not None:
+        raise ValueError("pass sentence_policy or the deprecated sentence_relative, not both")
+    policy = keep_policy(relative=value, default=SENTENCE_POLICY)  # validated even when ignored
+    return policy if on else None
 
 
 def _kept(nodes: List[NodeWithScore], result: PruneResult) -> List[NodeWithScore]:
