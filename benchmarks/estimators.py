@@ -18,9 +18,9 @@ from tqdm import tqdm
 
 from at2_rag import Estimator, load_model
 from at2_rag.prompts import build_prompt, encode
-from at2_rag.research.ablation_data import load_records
 from at2_rag.research.data import read_jsonl, shuffled_documents
 from at2_rag.research.evaluation import lds, mean_and_stderr, topk_drop
+from at2_rag.research.shards import load_records
 
 
 def main() -> None:

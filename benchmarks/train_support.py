@@ -23,8 +23,8 @@ import torch
 
 from at2_rag.estimator import Estimator
 from at2_rag.pruning import standardized
-from at2_rag.research.ablation_data import load_records
 from at2_rag.research.fitting import fit_estimator, make_instances, mask_predictions, pearson_loss
+from at2_rag.research.shards import load_records
 
 STEPS = 1000
 

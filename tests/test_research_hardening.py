@@ -13,11 +13,12 @@ import torch
 from tiny_models import tiny_model
 
 from at2_rag import AT2Attributor, Estimator, InputError, ModelIdentity
-from at2_rag.research.ablation_data import generate_support_data, generate_training_data, load_records
+from at2_rag.research.ablation_data import generate_support_data, generate_training_data
 from at2_rag.research.data import is_correct, read_dataset, read_jsonl, split_of, write_jsonl
 from at2_rag.research.evaluation import make_method, read_rows, run_evaluation
 from at2_rag.research.evaluation import runner as runner_module
 from at2_rag.research.fitting import fit_estimator, train_estimator
+from at2_rag.research.shards import load_records
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = [

@@ -17,14 +17,10 @@ from at2_rag.errors import EstimatorError
 from at2_rag.prompts import encode
 from at2_rag.pruning import standardized
 from at2_rag.research.ablation import logit_prob
-from at2_rag.research.ablation_data import (
-    build_support_record,
-    generate_support_data,
-    load_records,
-    support_documents,
-)
+from at2_rag.research.ablation_data import build_support_record, generate_support_data, support_documents
 from at2_rag.research.data import write_jsonl
 from at2_rag.research.fitting import fit_estimator, make_instances, mask_predictions, pearson_loss
+from at2_rag.research.shards import load_records
 
 SUPPORT_DATA = Path(__file__).resolve().parents[1] / "benchmarks" / "data" / "support-run" / "support"
 DOCS = [

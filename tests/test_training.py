@@ -12,7 +12,7 @@ from tiny_models import tiny_model
 from at2_rag import AT2Attributor, Estimator, ModelIdentity
 from at2_rag.files import current_umask
 from at2_rag.research import ablation_data
-from at2_rag.research.ablation_data import generate_training_data, load_records
+from at2_rag.research.ablation_data import generate_training_data
 from at2_rag.research.data import write_jsonl
 from at2_rag.research.fitting import (
     Instances,
@@ -25,6 +25,7 @@ from at2_rag.research.fitting import (
     pearson_loss,
     train_estimator,
 )
+from at2_rag.research.shards import load_records
 
 
 def test_pearson_loss_hand_values():

@@ -154,15 +154,28 @@ def cmd_build_nq(args) -> int:
 
 
 def cmd_train_data(args) -> int:
+    from ..errors import InputError
     from ..research.ablation_data import generate_training_data
+    from ..research.shards import parse_shard
 
     input_file(args.data, "data file")
-    att = _attributor(args)
-    paths = generate_training_data(
-        att, args.data, args.out, split=args.split, limit=args.limit, k=args.k,
-        n_masks=args.masks, p_keep=args.p_keep, max_new_tokens=args.max_new_tokens,
-        shard_size=args.shard_size, seed=args.seed, batch_size=args.batch_size, on_error=args.on_error,
+    shard = None if args.shard is None else parse_shard(args.shard)
+    options = dict(
+        split=args.split, limit=args.limit, k=args.k, n_masks=args.masks, p_keep=args.p_keep,
+        max_new_tokens=args.max_new_tokens, shard_size=args.shard_size, seed=args.seed,
+        batch_size=args.batch_size, on_error=args.on_error,
     )
+    if args.ray is not None:
+        from ..research.distributed import generate_with_ray
+
+        if shard is not None:
+            raise InputError("--shard and --ray split the work two ways; give one of them")
+        paths = generate_with_ray(
+            args.model, args.data, args.out, address=args.ray, workers=args.ray_workers,
+            gpus_per_worker=args.ray_gpus_per_worker, device=args.device, dtype=args.dtype, **options,
+        )
+    else:
+        paths = generate_training_data(_attributor(args), args.data, args.out, shard=shard, **options)
     print(f"{len(paths)} shards in {args.out}")
     return 0
 
@@ -291,6 +304,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shard-size", type=positive_int, default=8, help="examples per shard file")
     p.add_argument("--batch-size", type=positive_int, default=8, help="ablations per forward pass")
     p.add_argument("--seed", type=int, default=0, help="seed of the random ablations")
+    p.add_argument("--shard", default=None, metavar="I/N",
+                   help="write only the shard files whose index %% N == I (run N of these, e.g. a SLURM array, "
+                        "into one folder: the same files as one run)")
+    p.add_argument("--ray", default=None, metavar="ADDRESS",
+                   help="spread the shard files over a Ray cluster: 'auto' (the one this machine joined), "
+                        "host:port, or 'local' (needs pip install \"at2-rag[ray]\")")
+    p.add_argument("--ray-workers", type=positive_int, default=None,
+                   help="Ray workers, each loading the model once (the cluster's CPUs, or its GPUs / "
+                        "--ray-gpus-per-worker)")
+    p.add_argument("--ray-gpus-per-worker", type=float, default=0, help="GPUs each Ray worker takes")
     p.set_defaults(func=cmd_train_data)
 
     p = _command(sub, "train", "fit an estimator on ablation shards")

@@ -2,26 +2,20 @@
 
 from __future__ import annotations
 
-import json
-import math
-from pathlib import Path, PurePath
+from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
 
 from ..attributor import AT2Attributor
 from ..errors import InputError
 from ..estimator import ModelIdentity
-from ..files import atomic_path, atomic_write_text
 from ..prompts import encode
 from ..seeds import stable_hash
 from .ablation import answer_token_logprobs, random_masks, span_targets
 from .data import OnError, data_identity, is_correct, read_selection, shuffled_documents
 from .options import at_least, mask_count, open_fraction
-
-SHARD_FORMAT = "at2-rag-ablation-shard"
+from .shards import check_shard, write_shards
 
 
 def example_seed(seed: int, example_id: str) -> int:
@@ -162,8 +156,13 @@ def generate_support_data(
     batch_size: int = 32,
     progress: bool = True,
     on_error: OnError = "raise",
+    shard: tuple[int, int] | None = None,
 ) -> list[Path]:
-    """Support shards (one record per example and (k, order) config); resumable like the others."""
+    """Support shards (one record per example and (k, order) config); resumable like the others.
+
+    ``shard=(i, n)`` writes only the shard files whose index % n == i (see :func:`check_shard`).
+    """
+    check_shard(shard)
     _check_configs(configs)
     _check_counts(n_masks=n_masks, p_keep=p_keep, shard_size=shard_size, batch_size=batch_size)
     examples = read_selection(data_path, split, limit, on_error)
@@ -181,7 +180,7 @@ def generate_support_data(
                 batch_size=batch_size,
             )
 
-    return _write_shards(Path(out_dir), examples, recipe, records, shard_size, "support data", progress)
+    return write_shards(Path(out_dir), examples, recipe, records, shard_size, "support data", progress, shard)
 
 
 def _check_configs(configs: tuple[tuple[int, str], ...]) -> None:
@@ -202,63 +201,6 @@ def _check_counts(*, n_masks: int, p_keep: float, shard_size: int, batch_size: i
     at_least("batch_size", batch_size, 1, " (ablations per forward pass)")
 
 
-def portable_recipe(recipe: dict[str, Any]) -> dict[str, Any]:
-    """``recipe`` with its data file named by file name only (older recipes held this machine's path)."""
-    if not isinstance(recipe.get("data"), str):
-        return recipe
-    return {**recipe, "data": PurePath(recipe["data"]).name}
-
-
-def _recipe_differences(stored: dict[str, Any], recipe: dict[str, Any]) -> list[str]:
-    """The keys in which ``stored`` shards differ from ``recipe``; an older recipe (a data path, no data
-    hash) is compared by file name and without the hash, so its folder still resumes."""
-    stored = portable_recipe(stored)
-    keys = set(stored) | set(recipe)
-    if "data_sha256" not in stored:
-        keys.discard("data_sha256")
-    return sorted(key for key in keys if stored.get(key) != recipe.get(key))
-
-
-def _write_shards(out: Path, examples, recipe, records, shard_size: int, desc: str, progress: bool) -> list[Path]:
-    """Write ``shard-NNNNN.safetensors`` files of the records each example yields; complete shards
-    already on disk are kept, so an interrupted run resumes (a different recipe is refused)."""
-    from tqdm.auto import tqdm
-
-    manifest = out / "recipe.json"
-    if manifest.exists():
-        differ = _recipe_differences(json.loads(manifest.read_text(encoding="utf-8")), recipe)
-        if differ:
-            raise InputError(
-                f"{out} holds shards made with another recipe (differing in {', '.join(differ)}; see {manifest}); "
-                "use a new folder or the same options"
-            )
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(manifest, json.dumps(recipe, indent=1, sort_keys=True))
-    paths = []
-    bar = tqdm(total=len(examples), desc=desc, unit="ex", disable=not progress)
-    try:
-        for i in range(math.ceil(len(examples) / shard_size)):
-            path = out / f"shard-{i:05d}.safetensors"
-            chunk = examples[i * shard_size : (i + 1) * shard_size]
-            paths.append(path)
-            if path.exists():
-                bar.update(len(chunk))
-                continue
-            tensors, metas = {}, []
-            for ex in chunk:
-                for rec in records(ex):
-                    if rec is None:
-                        continue
-                    j = len(metas)
-                    tensors.update({f"{j}.{name}": t for name, t in rec[0].items()})
-                    metas.append(rec[1])
-                bar.update(1)
-            _save_shard(path, tensors, {"format": SHARD_FORMAT, "recipe": recipe, "examples": metas})
-    finally:
-        bar.close()
-    return paths
-
-
 def generate_training_data(
     attributor: AT2Attributor,
     data_path: str | Path,
@@ -275,13 +217,17 @@ def generate_training_data(
     batch_size: int = 8,
     progress: bool = True,
     on_error: OnError = "raise",
+    shard: tuple[int, int] | None = None,
 ) -> list[Path]:
     """Answer data: shards ``shard-00000.safetensors`` …; existing complete shards are kept (resumable).
 
     For each example the model generates its own answer (greedy) while AT2 features are captured;
     then ``n_masks`` random keep-masks over the sources are ablated and every answer sentence's
     logit-probability is measured (:func:`build_record`). Counts are checked first (:class:`InputError`).
+    ``shard=(i, n)`` writes only the shard files whose index % n == i, so ``n`` processes (a SLURM
+    array, Ray workers) fill one folder exactly as one process would (see :func:`check_shard`).
     """
+    check_shard(shard)
     at_least("k", k, 1, " (documents per example)")
     at_least("max_new_tokens", max_new_tokens, 1, " (tokens of the answer)")
     _check_counts(n_masks=n_masks, p_keep=p_keep, shard_size=shard_size, batch_size=batch_size)
@@ -298,52 +244,15 @@ def generate_training_data(
             max_new_tokens=max_new_tokens, seed=seed, batch_size=batch_size,
         )
 
-    return _write_shards(Path(out_dir), examples, recipe, records, shard_size, "ablation data", progress)
-
-
-def _save_shard(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
-    """One shard file, written atomically (a crash leaves no half shard that a resumed run would keep)."""
-    with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata={"at2_rag": json.dumps(meta)})
-
-
-def shard_paths(shard_dir: str | Path) -> list[Path]:
-    """The shard files of a folder, in order; a missing or empty folder is an :class:`InputError`."""
-    paths = sorted(Path(shard_dir).glob("shard-*.safetensors"))
-    if not paths:
-        raise InputError(f"no shards in {shard_dir} (expected shard-*.safetensors files made by `at2-rag train-data`)")
-    return paths
-
-
-def load_records(shard_dir: str | Path) -> list[tuple[dict[str, torch.Tensor], dict[str, Any]]]:
-    """Every example stored in a folder of shards, in shard order (see :func:`shard_paths`)."""
-    records = []
-    for path in shard_paths(shard_dir):
-        with safe_open(str(path), "pt") as fh:
-            meta = json.loads(fh.metadata()["at2_rag"])
-            keys = list(fh.keys())
-            for j, m in enumerate(meta["examples"]):
-                prefix = f"{j}."
-                names = [key[len(prefix):] for key in keys if key.startswith(prefix)]
-                records.append(({n: _as_float(fh.get_tensor(prefix + n)) for n in names}, m))
-    return records
-
-
-def _as_float(t: torch.Tensor) -> torch.Tensor:
-    """Features stored in float16 (support shards) come back as float32."""
-    return t.to(torch.float32) if t.dtype == torch.float16 else t
+    return write_shards(Path(out_dir), examples, recipe, records, shard_size, "ablation data", progress, shard)
 
 
 __all__ = [
-    "SHARD_FORMAT",
     "SUPPORT_ORDERS",
     "build_record",
     "build_support_record",
     "example_seed",
     "generate_support_data",
     "generate_training_data",
-    "load_records",
-    "portable_recipe",
-    "shard_paths",
     "support_documents",
 ]

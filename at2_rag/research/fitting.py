@@ -14,8 +14,8 @@ import torch
 
 from ..errors import InputError
 from ..estimator import Estimator, ModelIdentity
-from .ablation_data import load_records, portable_recipe, shard_paths
 from .options import at_least
+from .shards import load_records, portable_recipe, shard_paths
 
 
 @dataclass
