@@ -35,3 +35,17 @@ def attributor(default_model):
 
     model, tok = default_model
     return AT2Attributor(model, tok)  # the shipped default estimator
+
+
+@pytest.fixture
+def tmp_cache(tmp_path, monkeypatch):
+    """A fresh ``AT2_RAG_CACHE`` in tmp that shares the already converted default model (indexes and
+    anything else a test writes go to tmp)."""
+    from at2_rag.models import cache_dir
+
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    if (cache_dir() / "models").is_dir():
+        (cache / "models").symlink_to(cache_dir() / "models")
+    monkeypatch.setenv("AT2_RAG_CACHE", str(cache))
+    return cache

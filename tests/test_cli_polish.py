@@ -358,14 +358,7 @@ def test_pipeline_cites_the_full_context_answer(attributor):
     assert "SmolLM2-135M" in run.model
 
 
-def test_ask_json_reports_the_run_offsets_and_markers(tmp_path, capsys, monkeypatch):
-    from at2_rag.models import cache_dir
-
-    cache = tmp_path / "cache"
-    cache.mkdir()
-    if (cache_dir() / "models").is_dir():  # share the converted default model; indexes go to tmp
-        (cache / "models").symlink_to(cache_dir() / "models")
-    monkeypatch.setenv("AT2_RAG_CACHE", str(cache))
+def test_ask_json_reports_the_run_offsets_and_markers(tmp_path, capsys, monkeypatch, tmp_cache):
     corpus = tmp_path / "notes"
     corpus.mkdir()
     decaf = "# Coffee\n\nCoffee beans are the seeds of the Coffea plant. Brazil grows the most coffee."

@@ -118,14 +118,7 @@ def test_html_report_renders_and_links_in_chromium(demo, tmp_path):
     assert shot.stat().st_size > 20_000
 
 
-def test_ask_over_a_folder(tmp_path, capsys, monkeypatch):
-    from at2_rag.models import cache_dir
-
-    cache = tmp_path / "cache"
-    cache.mkdir()
-    if (cache_dir() / "models").is_dir():  # share the converted default model; indexes go to tmp
-        (cache / "models").symlink_to(cache_dir() / "models")
-    monkeypatch.setenv("AT2_RAG_CACHE", str(cache))
+def test_ask_over_a_folder(tmp_path, capsys, monkeypatch, tmp_cache):
     corpus = tmp_path / "notes"
     corpus.mkdir()
     (corpus / "tea.txt").write_text("Green tea comes from the leaves of Camellia sinensis. It is popular in Japan.")
