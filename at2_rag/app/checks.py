@@ -11,38 +11,37 @@ import os
 from pathlib import Path
 
 from ..errors import InputError
+from ..research import options
+
+
+def _argument(convert, rule, what: str):
+    """An argparse type: ``convert`` the text, then apply the research entry points' own ``rule``
+    (so an option is checked by the same rule at the CLI and at the API)."""
+
+    def parse(text: str):
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}") from None
+        try:
+            return rule("", value)
+        except InputError as e:
+            raise argparse.ArgumentTypeError(str(e).strip()) from None
+
+    parse.__name__ = what.replace(" ", "_")  # argparse names the type in its messages
+    return parse
 
 
 def at_least(minimum: int):
     """argparse type: a whole number ≥ ``minimum``."""
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
-        return value
-
-    parse.__name__ = f"at_least_{minimum}"  # argparse names the type in its messages
-    return parse
+    return _argument(int, lambda name, value: options.at_least(name, value, minimum), "a whole number")
 
 
 positive_int = at_least(1)
-masks_count = at_least(2)
-"""Random ablations: a correlation across masks needs at least two."""
-
-
-def open_fraction(text: str) -> float:
-    """argparse type: a number strictly between 0 and 1 (a keep probability)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number between 0 and 1, got {text!r}") from None
-    if not 0.0 < value < 1.0:
-        raise argparse.ArgumentTypeError(f"must lie strictly between 0 and 1, got {value}")
-    return value
+masks_count = _argument(int, lambda name, value: options.mask_count(value), "a whole number")
+"""Random ablations: a correlation across masks needs at least two (the research rule)."""
+open_fraction = _argument(float, options.open_fraction, "a number between 0 and 1")
+"""argparse type: a keep probability, strictly between 0 and 1."""
 
 
 def input_file(path: str, what: str) -> Path:

@@ -15,7 +15,7 @@ def at_least(name: str, value: object, minimum: int = 1, why: str = "") -> int:
     except TypeError:
         number = None
     if number is None or number < minimum:
-        raise InputError(f"{name} must be a whole number of at least {minimum}{why}, got {value!r}")
+        raise InputError(f"{name} must be at least {minimum}{why} (a whole number), got {value!r}")
     return number
 
 
