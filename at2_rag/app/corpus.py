@@ -31,8 +31,8 @@ DEFAULT_CHUNK_WORDS = 120
 # characters; this needs 17 per word); it cuts text without spaces: an inlined base64 image,
 # minified code, unpunctuated CJK. Measured with the default model's tokenizer, 2,880 characters
 # (4 x 120 words x 6) are 757 tokens of English, 2.3k of base64, 5.5k of Chinese/Japanese and 8.6k of
-# emoji (over the 8,192-token window); 2,048 characters make at most ~1.7k, ~3.9k and ~6.1k of the
-# last three, so one chunk with a question stays inside the window (CJK within half of it).
+# emoji (over the 8,192-token window); 2,048 characters make 442, 1,633, 4,000 and 4,778
+# (`python benchmarks/chunk_tokens.py`), so one chunk with a question stays inside the window.
 MAX_CHUNK_CHARS = 2048
 TEXT_SUFFIXES = (".txt", ".md")
 LISTED_SKIPS = 20  # skipped files named in the warning; its ``skipped`` attribute has them all
