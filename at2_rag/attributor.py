@@ -201,6 +201,13 @@ class AT2Attributor:
             self.model(input_ids=ids, use_cache=False, logits_to_keep=1)
         return self._result(prompt, answer_ids, cap, 1, dropped, self._keep(keep_features))
 
+    def refine(self, attribution: Attribution, n_ablations: int = 8, **kwargs) -> Attribution:
+        """AT2 + ``n_ablations`` ablations: ``attribution`` sharpened by a few ablated passes of this
+        model (see :func:`at2_rag.refine.refine_attribution`; ``n_ablations + 1`` extra passes)."""
+        from .refine import refine_attribution
+
+        return refine_attribution(self.model, attribution, n_ablations, **kwargs)
+
     def query_estimator(self, estimator: Estimator | str | None) -> Estimator:
         """The query estimator for ``estimator``; a name or path is read from disk only once per
         attributor (a file replaced on disk later is not re-read)."""

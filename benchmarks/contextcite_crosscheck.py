@@ -26,7 +26,7 @@ import zipfile
 import numpy as np
 import torch
 
-from at2_rag.research.ablation import random_masks
+from at2_rag.ablation import random_masks
 from at2_rag.research.evaluation import fit_surrogate, spearman
 from at2_rag.research.evaluation.methods import evaluation_seed
 

@@ -32,18 +32,12 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+from at2_rag.research.evaluation.metrics import sign_test_p as sign_test  # noqa: E402
+
 ORDERS = ("retriever", "shuffled")
 TEST_METHODS = ("default", "support_only", "retriever", "embedding_draft", "at2_draft")
 
 
-def sign_test(wins: int, losses: int) -> float:
-    """Two-sided exact sign test p-value (ties dropped)."""
-    n = wins + losses
-    if n == 0:
-        return 1.0
-    k = min(wins, losses)
-    p = sum(math.comb(n, i) for i in range(k + 1)) / 2**n
-    return min(1.0, 2 * p)
 
 
 def done_ids(path: str) -> set[str]:

@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from tiny_models import tiny_model
+from tiny_models import tiny_llama_folder
 
 from at2_rag import AT2Attributor
 from at2_rag.app import cli
@@ -27,9 +27,7 @@ def folder_bytes(folder: Path) -> dict[str, bytes]:
 def setup(tokenizer, tmp_path_factory):
     """A tiny random Llama saved as a model folder with the default model's tokenizer, and a JSONL dataset."""
     root = tmp_path_factory.mktemp("distributed")
-    model = tiny_model("llama", vocab_size=len(tokenizer))
-    model.save_pretrained(root / "model")
-    tokenizer.save_pretrained(root / "model")
+    tiny_llama_folder(root, tokenizer)
     examples = [
         {"id": f"ex{i}", "question": f"Question {i}?", "answers": ["alpha"],
          "documents": [{"id": f"d{j}", "title": f"T{j}", "text": f"Doc {j} says {i}. More text."} for j in range(3)],

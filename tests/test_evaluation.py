@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from at2_rag import InputError
+from at2_rag.ablation import answer_token_logprobs, random_masks, span_targets
 from at2_rag.app.cli import main
 from at2_rag.prompts import encode
-from at2_rag.research.ablation import answer_token_logprobs, random_masks, span_targets
 from at2_rag.research.data import write_jsonl
 from at2_rag.research.evaluation import (
     EvalExample,

@@ -12,11 +12,11 @@ import torch
 from tiny_models import tiny_model
 
 from at2_rag import DEFAULT_POLICY, AT2Attributor, Estimator, KeepPolicy, Pruner, fused_scores
+from at2_rag.ablation import logit_prob
 from at2_rag.attributor import CONTENT_FREE_QUESTION
 from at2_rag.errors import EstimatorError
 from at2_rag.prompts import encode
 from at2_rag.pruning import standardized
-from at2_rag.research.ablation import logit_prob
 from at2_rag.research.ablation_data import build_support_record, generate_support_data, support_documents
 from at2_rag.research.data import write_jsonl
 from at2_rag.research.fitting import fit_estimator, make_instances, mask_predictions, pearson_loss

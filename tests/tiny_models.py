@@ -56,3 +56,11 @@ def tiny_model(arch: str, vocab_size: int = 256, attn: str = "eager", seed: int 
     model.generation_config.eos_token_id = None
     model.generation_config.pad_token_id = 0
     return model.eval()
+
+
+def tiny_llama_folder(root, tokenizer):
+    """A tiny random Llama saved with ``tokenizer`` as a model folder under ``root`` (its path)."""
+    model = tiny_model("llama", vocab_size=len(tokenizer))
+    model.save_pretrained(root / "model")
+    tokenizer.save_pretrained(root / "model")
+    return root / "model"

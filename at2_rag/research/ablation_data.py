@@ -7,12 +7,12 @@ from typing import Any
 
 import torch
 
+from ..ablation import answer_token_logprobs, random_masks, span_targets
 from ..attributor import AT2Attributor
 from ..errors import InputError
 from ..estimator import ModelIdentity
 from ..prompts import encode
 from ..seeds import stable_hash
-from .ablation import answer_token_logprobs, random_masks, span_targets
 from .data import OnError, data_identity, is_correct, read_selection, shuffled_documents
 from .options import at_least, mask_count, open_fraction
 from .shards import check_shard, write_shards

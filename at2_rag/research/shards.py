@@ -70,13 +70,15 @@ def shard_count(n_examples: int, shard_size: int) -> int:
 
 def write_shards(
     out: Path, examples, recipe, records, shard_size: int, desc: str, progress: bool,
-    shard: tuple[int, int] | None = None,
+    shard: tuple[int, int] | None = None, *, write_chunk=None, suffix: str = ".safetensors",
 ) -> list[Path]:
     """Write ``shard-NNNNN.safetensors`` files of the records each example yields; complete shards
     already on disk are kept, so an interrupted run resumes (a different recipe is refused).
 
     Each file is a fixed chunk of ``examples``, so it is the same whoever writes it: ``shard=(i, n)``
     writes (and returns) only the files whose index % n == i; the recipe never depends on it.
+    ``write_chunk(path, chunk)`` (with its file ``suffix``) replaces the per-example ``records`` for
+    writers that process a whole chunk at once; it must write ``path`` atomically.
     """
     from tqdm.auto import tqdm
 
@@ -96,10 +98,14 @@ def write_shards(
                disable=not progress)
     try:
         for i in mine:
-            path = out / f"shard-{i:05d}.safetensors"
+            path = out / f"shard-{i:05d}{suffix}"
             chunk = examples[i * shard_size : (i + 1) * shard_size]
             paths.append(path)
             if path.exists():
+                bar.update(len(chunk))
+                continue
+            if write_chunk is not None:
+                write_chunk(path, chunk)
                 bar.update(len(chunk))
                 continue
             tensors, metas = {}, []

@@ -13,12 +13,13 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from ...ablation import answer_token_logprobs, random_masks, span_targets
 from ...attributor import AT2Attributor
 from ...errors import InputError
 from ...estimator import Estimator
 from ...prompts import Prompt
+from ...refine import DEFAULT_STRENGTH, refine_scores
 from ...seeds import stable_hash
-from ..ablation import answer_token_logprobs, random_masks, span_targets
 
 
 @dataclass
@@ -126,6 +127,23 @@ class ContextCiteSurrogate(Method):
         return MethodResult(torch.from_numpy(weights).to(torch.float64), self.n, seconds)
 
 
+class AT2Refined(AT2):
+    """AT2+N: AT2's scores as the prior of a surrogate fitted on the first ``n`` ContextCite masks and
+    the unablated answer (:func:`at2_rag.refine.refine_scores`; ``n + 1`` passes besides AT2's)."""
+
+    def __init__(self, n_ablations: int, strength: float = DEFAULT_STRENGTH, batch_size: int = 8) -> None:
+        super().__init__("default", name=f"at2+{n_ablations}")
+        self.n, self.strength, self.batch_size = n_ablations, strength, batch_size
+
+    def _score(self, att, ex):
+        prior, _ = super()._score(att, ex)
+        masks, y, _ = surrogate_data(att, ex, self.n, 0.5, self.batch_size)
+        full = torch.ones(1, masks.shape[1], dtype=torch.bool)
+        base = whole_answer_targets(att, ex, full, self.batch_size)
+        scores = refine_scores(prior, torch.cat([full, masks]), torch.cat([base, y]), strength=self.strength)
+        return scores, self.n + 1
+
+
 class EmbeddingSimilarity(Method):
     """Cosine similarity between the answer and each source (bundled all-MiniLM-L6-v2); no LM pass."""
 
@@ -154,9 +172,14 @@ class RetrieverOrder(Method):
 
 
 def make_method(spec: str) -> Method:
-    """A method from its command-line name: ``at2``, ``avg_attention``, ``loo``, ``contextcite:N``,
-    ``embedding``, ``retriever``, or ``at2:PATH`` for another estimator file."""
+    """A method from its command-line name: ``at2``, ``at2+N``, ``avg_attention``, ``loo``,
+    ``contextcite:N``, ``embedding``, ``retriever``, or ``at2:PATH`` for another estimator file."""
     name, _, arg = spec.partition(":")
+    if name.startswith("at2+"):
+        n = name[4:]
+        if not n.isdigit() or int(n) < 2 or arg:
+            raise InputError(f"at2+N takes a number of ablations N >= 2, e.g. at2+8 (got {spec!r})")
+        return AT2Refined(int(n))
     if name == "at2":
         return AT2(arg or "default", name=spec)
     if name == "contextcite":
@@ -167,7 +190,7 @@ def make_method(spec: str) -> Method:
              "retriever": RetrieverOrder}
     if name not in table or arg:
         raise InputError(
-            f"unknown method {spec!r}; use at2, at2:FILE, avg_attention, loo, contextcite:N, embedding, retriever"
+            f"unknown method {spec!r}; use at2, at2:FILE, at2+N, avg_attention, loo, contextcite:N, embedding, retriever"
         )
     return table[name]()
 

@@ -7,8 +7,8 @@ from collections.abc import Sequence
 
 import torch
 
+from ...ablation import answer_token_logprobs
 from ...prompts import Prompt
-from ..ablation import answer_token_logprobs
 
 
 def rankdata(x: torch.Tensor) -> torch.Tensor:
@@ -77,3 +77,12 @@ def topk_drop(
     for (name, k), value in zip(keys, total[1:].tolist()):
         out[name][k] = float(total[0]) - value
     return out
+
+
+def sign_test_p(wins: int, losses: int) -> float:
+    """Two-sided exact sign-test p-value of ``wins`` against ``losses`` (ties already dropped)."""
+    n = wins + losses
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, i) for i in range(min(wins, losses) + 1)) / 2**n
+    return min(1.0, 2 * tail)

@@ -15,11 +15,11 @@ from typing import Any
 
 import torch
 
+from ...ablation import random_masks
 from ...attributor import AT2Attributor
 from ...errors import InputError
 from ...files import atomic_write_text, json_safe
 from ...prompts import encode
-from ..ablation import random_masks
 from ..data import OnError, is_correct, read_selection, shuffled_documents
 from ..options import at_least, mask_count
 from .methods import EvalExample, Method, evaluation_seed, whole_answer_targets

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import torch
 
-from ..prompts import Prompt
+from .prompts import Prompt
 
 
 def log1mexp(x: torch.Tensor) -> torch.Tensor:
@@ -54,7 +54,7 @@ def answer_token_logprobs(
     ids = torch.tensor(prompt.input_ids + list(answer_ids))
     T = ids.numel()
     device = next(model.parameters()).device
-    keep = _token_keep(prompt, masks, T)  # (m, T)
+    keep = token_keep(prompt, masks, T)  # (m, T)
     positions = torch.arange(T)
     answer = ids[len(prompt) :].to(device)
     out = []
@@ -79,8 +79,9 @@ def span_targets(token_logprobs: torch.Tensor, spans: Sequence[Sequence[int]]) -
     return logit_prob(torch.stack(cols, dim=1))
 
 
-def _token_keep(prompt: Prompt, masks: torch.Tensor, length: int) -> torch.Tensor:
-    """Per-token attention mask for each keep-mask (tokens outside every source are always kept)."""
+def token_keep(prompt: Prompt, masks: torch.Tensor, length: int) -> torch.Tensor:
+    """Per-token attention keep ``(m, length)`` for source keep-masks ``(m, S)`` (tokens outside every
+    source, i.e. template, question and answer, are always kept)."""
     keep = torch.ones(masks.shape[0], length, dtype=torch.bool)
     for src in prompt.sources:
         dropped = ~masks[:, src.index]

@@ -1,0 +1,259 @@
+"""Faithfulness from the committed ablation outcomes (``benchmarks/data/outcomes``), on this CPU.
+
+    python benchmarks/faithfulness.py select   # choices on held-out training questions (no test data read)
+    python benchmarks/faithfulness.py test --estimator FILE --strength S   # the test tables, run once
+
+``select``: the learning curve, recipe and estimator-form ablations, and AT2+N's ridge strength, all
+scored by LDS on the last ``--holdout`` questions of the ``train-k5`` outcomes (their 32 masks and
+whole-answer targets), which no fit sees. ``test``: AT2, AT2+N, ContextCite-N, leave-one-out and
+average attention on the test outcomes at k = 5 and 10, paired sign tests, and the LDS-vs-passes plot.
+Features are recomputed once (one pass per question) and cached under ``data/features``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+OUTCOMES = ROOT / "benchmarks" / "data" / "outcomes"
+OUT = ROOT / "benchmarks" / "out"
+STRENGTHS = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0)
+
+
+def load(name: str, data: str, shards: int | None = None) -> list:
+    from at2_rag import AT2Attributor
+    from at2_rag.research.outcomes import cached_features
+
+    att = AT2Attributor.from_pretrained()
+    return cached_features(att, OUTCOMES / name, data, ROOT / "data" / "features" / name, progress=False,
+                           shards=shards)
+
+
+def holdout_lds(score_fn, rows, n_refit: int = 0) -> list[float]:
+    """LDS per held-out question on its train masks (after the first ``n_refit``, which AT2+N may use)."""
+    from at2_rag.research.evaluation.metrics import lds
+    from at2_rag.research.outcomes import set_masks, set_targets
+
+    out = []
+    for rec, feats, _ in rows:
+        masks, y = set_masks(rec, "train"), set_targets(rec, "train")[:, -1]
+        scores = score_fn(rec, feats[:, :, -1], masks[:n_refit], y[:n_refit])
+        out.append(lds(scores, masks[n_refit:], y[n_refit:]))
+    return out
+
+
+def fit_linear(rows, *, target: str = "sentences", n_masks: int | None = None, position: bool = False, log=None):
+    """Per-head weights fitted with the shipped recipe; ``target``: sentences, whole or both."""
+    from at2_rag.research.fitting import fit_estimator, make_instances
+    from at2_rag.research.outcomes import training_record
+
+    records = []
+    for rec, feats, query in rows:
+        t, meta = training_record(rec, feats, query, n_masks)
+        f, y = t["features"], t["targets"]
+        if target == "whole":
+            f, y = f[:, :, -1:], y[:, -1:]
+        elif target == "both" and f.shape[2] > 2:
+            f = torch.cat([f, f[:, :, -1:]], dim=2)  # make_instances drops the last span: keep whole twice
+            y = torch.cat([y, y[:, -1:]], dim=1)
+        if position:
+            f = with_position(f)
+            t = {**t, "query": torch.cat([t["query"], t["query"]], dim=0)}
+        records.append(({**t, "features": f, "targets": y}, meta))
+    inst = make_instances(records, "answer")
+    weights, _ = fit_estimator(inst, log=log)
+    return weights
+
+
+def with_position(f: torch.Tensor) -> torch.Tensor:
+    """Features ``(L, H, spans, S)`` and the same times each source's relative position (first 0, last 1)."""
+    s = f.shape[-1]
+    r = torch.linspace(0, 1, s) if s > 1 else torch.zeros(1)
+    return torch.cat([f, f * r], dim=0)
+
+
+def fit_mlp(rows, hidden: int = 16, steps: int = 1000, seed: int = 0):
+    """A small non-linear combiner of a source's L×H head features, fitted with the same Pearson loss."""
+    from at2_rag.research.fitting import make_instances, pearson_loss
+    from at2_rag.research.outcomes import training_record
+
+    inst = make_instances([training_record(*r) for r in rows], "answer")
+    torch.manual_seed(seed)
+    d = inst.features.shape[1]
+    net = torch.nn.Sequential(torch.nn.Linear(d, hidden), torch.nn.GELU(), torch.nn.Linear(hidden, 1))
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        idx = torch.randperm(len(inst), generator=g)[:512]
+        scores = net(inst.features[idx].transpose(1, 2))[..., 0]  # (n, S)
+        pred = torch.einsum("nms,ns->nm", inst.signs[idx], scores)
+        loss = pearson_loss(pred, inst.targets[idx])
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+        opt.step()
+        sched.step()
+    net.eval()
+    return net
+
+
+def select(args) -> None:
+    from at2_rag import Estimator
+    from at2_rag.refine import refine_scores
+    from at2_rag.research.evaluation.methods import fit_surrogate
+    from at2_rag.research.evaluation.metrics import mean_and_stderr
+
+    rows = load("train-k5", args.data, args.shards)
+    fit_rows, held = rows[: -args.holdout], rows[-args.holdout :]
+    default = Estimator.load("default")
+    results: dict[str, dict] = {}
+
+    def report(name, values, **extra):
+        mean, se = mean_and_stderr(values)
+        results[name] = {"lds": mean, "stderr": se, **extra}
+        print(f"{name:<44} LDS {mean:.3f} ± {se:.3f}", flush=True)
+
+    def linear(w):
+        return lambda rec, f, m, y: torch.einsum("lhs,lh->s", f, w).to(torch.float64)
+
+    report("shipped estimator (400 NQ examples, sentence targets)", holdout_lds(linear(default.weights), held))
+    report("average attention", holdout_lds(linear(torch.ones_like(default.weights)), held))
+    t = time.perf_counter()
+    curve = {}
+    for n in (100, 200, 400, len(fit_rows)):
+        w = fit_linear(fit_rows[:n])
+        curve[n] = w
+        report(f"linear, sentence targets, {n} examples", holdout_lds(linear(w), held), examples=n)
+    best = curve[len(fit_rows)]
+    for target in ("whole", "both"):
+        w = fit_linear(fit_rows, target=target)
+        report(f"linear, {target}-answer targets" if target == "whole" else "linear, sentence + whole targets",
+               holdout_lds(linear(w), held))
+    w16 = fit_linear(fit_rows, n_masks=16)
+    report("linear, 16 masks per example (of 32)", holdout_lds(linear(w16), held))
+    wpos = fit_linear(fit_rows, position=True)
+    report("linear + per-head relative-position term",
+           holdout_lds(lambda rec, f, m, y: torch.einsum("lhs,lh->s", with_position(f[:, :, None])[:, :, 0], wpos)
+                       .to(torch.float64), held))
+    net = fit_mlp(fit_rows)
+    with torch.no_grad():
+        report("non-linear combiner (MLP, 16 hidden)",
+               holdout_lds(lambda rec, f, m, y: net(f.reshape(-1, f.shape[-1]).T)[:, 0].to(torch.float64), held))
+    print(f"(fits took {time.perf_counter() - t:.0f} s)")
+    # AT2+N: the ridge strength per N, with the best linear estimator as the prior; ContextCite-N alongside.
+    refine = {}
+    for n in (2, 4, 8):
+        for s in STRENGTHS:
+            def score(rec, f, m, y, s=s):
+                prior = torch.einsum("lhs,lh->s", f, best).to(torch.float64)
+                full = torch.ones(1, m.shape[1], dtype=torch.bool)
+                base = torch.tensor(rec["base"][-1:], dtype=torch.float64)
+                return refine_scores(prior, torch.cat([full, m]), torch.cat([base, y]), strength=s)
+
+            values = holdout_lds(score, held, n_refit=n)
+            refine[(n, s)] = sum(values) / len(values)
+            report(f"at2+{n}, strength {s}", values, n=n, strength=s)
+        report(f"contextcite:{n} (same {n} masks)", holdout_lds(
+            lambda rec, f, m, y: torch.from_numpy(fit_surrogate(m.numpy(), y.numpy(), len(rec["answer_ids"]))[0]),
+            held, n_refit=n), n=n)
+        report(f"at2 (same held-out masks as at2+{n})", holdout_lds(
+            lambda rec, f, m, y: torch.einsum("lhs,lh->s", f, best).to(torch.float64), held, n_refit=n), n=n)
+    chosen = {n: max(STRENGTHS, key=lambda s: refine[(n, s)]) for n in (2, 4, 8)}
+    print("chosen strengths:", chosen)
+    OUT.mkdir(exist_ok=True)
+    est = Estimator(best, default.model, "answer", {
+        "method": "negative-pearson", "data": json.loads((OUTCOMES / "train-k5" / "recipe.json").read_text()),
+        "examples": len(fit_rows), "selection": f"last {args.holdout} train-k5 questions held out",
+        "holdout_lds": results[f"linear, sentence targets, {len(fit_rows)} examples"]["lds"],
+    })
+    est.save(OUT / "faithfulness-linear.safetensors")
+    json.dump({"holdout": args.holdout, "fit_examples": len(fit_rows), "results": results,
+               "chosen_strength": chosen}, open(OUT / "faithfulness-select.json", "w"), indent=1)
+
+
+def test(args) -> None:
+    from at2_rag import Estimator
+    from at2_rag.research.evaluation.offline import (
+        at2,
+        at2_refined,
+        contextcite,
+        evaluate_offline,
+        leave_one_out,
+        sign_test,
+    )
+
+    est = Estimator.load(args.estimator)
+    shipped = Estimator.load("default")
+    out = {}
+    for k in (5, 10):
+        rows = load(f"test-k{k}", args.data)
+        records, feats = [r for r, _, _ in rows], [f[:, :, -1] for _, f, _ in rows]
+        methods = [at2(est), at2(Estimator(torch.ones_like(est.weights), est.model, "answer"), "avg_attention")]
+        if args.estimator != "default":
+            methods.append(at2(shipped, "at2 (previous estimator)"))
+        methods += [at2_refined(est, n, args.strength) for n in (2, 4, 8)]
+        methods += [contextcite(n) for n in (8, 16, 32, 64)] + [leave_one_out()]
+        res = evaluate_offline(records, feats, methods)
+        out[k] = res
+        print(f"\nk = {k}: {len(records)} test questions, {sum(len(r['sources']) for r in records) / len(records):.1f} "
+              "sources each on average")
+        for name, r in res.items():
+            print(f"  {name:<28} LDS {r['lds']:.3f} ± {r['stderr']:.3f}   passes {r['passes']:.1f}")
+        for a, b in (("at2", "contextcite:16"), ("at2", "contextcite:32"), ("at2+8", "contextcite:32"),
+                     ("at2+8", "contextcite:16"), ("at2+4", "contextcite:16")):
+            w, lo, p = sign_test(res[a]["per_record"], res[b]["per_record"])
+            print(f"  paired {a} vs {b}: {w} wins, {lo} losses, sign-test p = {p:.2g}")
+            res[f"paired {a} vs {b}"] = {"wins": w, "losses": lo, "p": p}
+    OUT.mkdir(exist_ok=True)
+    json.dump(out, open(OUT / "faithfulness-test.json", "w"), indent=1)
+    plot(out, ROOT / "benchmarks" / "faithfulness-lds-cost.png")
+
+
+def plot(out: dict, png: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+    for ax, (k, res) in zip(axes, out.items()):
+        for name, r in res.items():
+            if "lds" not in r:
+                continue
+            x = max(r["passes"], 0.5)
+            ax.errorbar(x, r["lds"], yerr=r["stderr"], fmt="o", capsize=3,
+                        label=name if r["passes"] else f"{name} (0 extra)")
+        ax.set_xscale("log")
+        ax.set_title(f"k = {k} documents", fontsize=10)
+        ax.set_xlabel("extra forward passes per question (log)")
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=7)
+    axes[0].set_ylabel("LDS (32 fresh ablations)")
+    fig.suptitle("Faithfulness vs cost, NQ-RAG test split (H200 outcomes, CPU features)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("stage", choices=("select", "test"))
+    p.add_argument("--data", default=str(ROOT / "data" / "nq_rag.jsonl.gz"))
+    p.add_argument("--holdout", type=int, default=160)
+    p.add_argument("--estimator", default="default")
+    p.add_argument("--strength", type=float, default=1.0)
+    p.add_argument("--shards", type=int, default=None, help="only the first N train shards (a quick check)")
+    args = p.parse_args(argv)
+    torch.set_num_threads(2)
+    select(args) if args.stage == "select" else test(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

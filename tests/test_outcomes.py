@@ -1,0 +1,191 @@
+"""The batched ablation engine, stored ablation outcomes, offline scoring, and AT2 + N ablations."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from tiny_models import tiny_llama_folder
+
+from at2_rag import AT2Attributor
+from at2_rag.ablation import answer_token_logprobs, random_masks
+from at2_rag.errors import InputError
+from at2_rag.refine import refine_scores
+from at2_rag.research.data import write_jsonl
+from at2_rag.research.engine import ablated_passes, answer_logprobs
+from at2_rag.research.evaluation.methods import evaluation_seed
+from at2_rag.research.evaluation.offline import (
+    at2,
+    at2_refined,
+    contextcite,
+    evaluate_offline,
+    leave_one_out,
+    sign_test,
+)
+from at2_rag.research.outcomes import (
+    generate_outcomes,
+    merge_outcomes,
+    pack_masks,
+    read_outcomes,
+    set_masks,
+    set_targets,
+    training_record,
+    unpack_masks,
+    with_features,
+)
+
+
+@pytest.fixture(scope="module")
+def setup(tokenizer, tmp_path_factory):
+    """A tiny random Llama with the default tokenizer, and a small dataset."""
+    root = tmp_path_factory.mktemp("outcomes")
+    tiny_llama_folder(root, tokenizer)
+    examples = [
+        {"id": f"ex{i}", "question": f"Question {i}?", "answers": ["alpha"],
+         "documents": [{"id": f"d{j}", "title": f"T{j}", "text": f"Doc {j} says {i}. More {j} text here."}
+                       for j in range(4)], "gold_document_ids": ["d0"]}
+        for i in range(12)
+    ]
+    data = write_jsonl(root / "data.jsonl", examples)
+    att = AT2Attributor.from_pretrained(str(root / "model"), None)
+    return att, data, {e["id"]: e for e in examples}
+
+
+def test_engine_equals_one_pass_at_a_time(setup):
+    att, _, examples = setup
+    ex = examples["ex0"]
+    prompt = att.prompt(ex["question"], ex["documents"], "sentence")
+    masks = random_masks(6, len(prompt.sources), seed=3)
+    answers = [[5, 9, 11], [7, 8, 9, 10, 11, 12, 13]]
+    passes = [p for ids in answers for p in ablated_passes(prompt, ids, masks)]
+    got = answer_logprobs(att.model, passes, max_batch_tokens=3 * (len(prompt) + 7))  # several mixed batches
+    for i, ids in enumerate(answers):
+        ref = answer_token_logprobs(att.model, prompt, ids, masks, batch_size=1)
+        torch.testing.assert_close(torch.stack(got[i * 6 : (i + 1) * 6]), ref, atol=1e-4, rtol=1e-4)
+
+
+def test_masks_round_trip_through_their_packed_text():
+    masks = random_masks(7, 13, seed=1)
+    assert torch.equal(unpack_masks(pack_masks(masks), 7, 13), masks)
+
+
+def test_eval_outcomes_hold_what_the_evaluation_suite_measures(setup, tmp_path):
+    att, data, examples = setup
+    generate_outcomes(att, data, tmp_path / "o", kind="eval", split=None, k=3, limit=3, max_new_tokens=4,
+                      shard_size=2, progress=False)
+    recipe, records = read_outcomes(tmp_path / "o")
+    assert recipe["kind"] == "eval" and len(records) == 3
+    rec = records[0]
+    ex = examples[rec["id"]]
+    by_id = {d["id"]: d for d in ex["documents"]}
+    prompt = att.prompt(ex["question"], [by_id[i] for i in rec["document_ids"]], "sentence")
+    n_src = len(prompt.sources)
+    # The LDS masks are the evaluation suite's, and their targets what one-by-one passes measure.
+    assert torch.equal(set_masks(rec, "lds"), random_masks(32, n_src, seed=evaluation_seed(rec["id"], "lds")))
+    ref = answer_token_logprobs(att.model, prompt, rec["answer_ids"], set_masks(rec, "lds")).to(torch.float64).sum(1)
+    from at2_rag.ablation import logit_prob
+
+    torch.testing.assert_close(set_targets(rec, "lds")[:, 0], logit_prob(ref), atol=1e-3, rtol=1e-4)
+    assert set_targets(rec, "loo").shape == (n_src, 1)
+    # Offline scoring: every method gives a finite LDS per record; passes as charged live.
+    feats = [f[:, :, -1] for _, f, _ in with_features(att, records, examples)]
+    from at2_rag.estimator import Estimator
+
+    est = Estimator.uniform(att.model)
+    methods = [at2(est), contextcite(16), leave_one_out(), at2_refined(est, 4, 1.0)]
+    result = evaluate_offline(records, feats, methods)
+    assert result["contextcite:16"]["passes"] == 16 and result["at2+4"]["passes"] == 5
+    assert result["loo"]["passes"] == np.mean([len(r["sources"]) + 1 for r in records])
+    assert all(len(r["per_record"]) == 3 for r in result.values())
+
+
+def test_outcomes_resume_merge_and_refuse_other_data(setup, tmp_path):
+    att, data, examples = setup
+    opts = dict(kind="train", split=None, k=3, n_masks=4, max_new_tokens=4, shard_size=2, progress=False)
+    generate_outcomes(att, data, tmp_path / "a", limit=4, shard=(0, 2), **opts)
+    generate_outcomes(att, data, tmp_path / "b", limit=4, shard=(1, 2), **opts)
+    generate_outcomes(att, data, tmp_path / "whole", limit=4, **opts)
+    merged = merge_outcomes([tmp_path / "a", tmp_path / "b"], tmp_path / "merged.jsonl.gz")
+    _, m = read_outcomes(merged)
+    _, w = read_outcomes(tmp_path / "whole")
+    assert sorted(r["id"] for r in m) == sorted(r["id"] for r in w)
+    assert {r["id"]: r for r in m} == {r["id"]: r for r in w}  # deterministic: same records
+    rec, feats, query = next(with_features(att, w, examples))
+    tensors, _ = training_record(rec, feats, query, n_masks=2)
+    assert tensors["masks"].shape == (2, len(rec["sources"])) and feats.shape[2] == len(rec["spans"])
+    broken = dict(w[0], sources=[[0, 1]])
+    with pytest.raises(InputError, match="differs from the stored outcomes"):
+        next(with_features(att, [broken], examples))
+
+
+def test_refine_recovers_a_linear_truth_from_a_good_prior():
+    g = torch.Generator().manual_seed(0)
+    truth = torch.randn(20, generator=g, dtype=torch.float64)
+    masks = random_masks(8, 20, seed=5)
+    y = 3.0 + masks.to(torch.float64) @ truth
+    prior = truth + 0.5 * torch.randn(20, generator=g, dtype=torch.float64)
+    refined = refine_scores(prior * 7.0, masks, y, strength=0.05)  # the prior's scale is irrelevant
+    err = lambda s: float(((s - truth) ** 2).sum())  # noqa: E731
+    assert err(refined) < err(prior)
+    # A huge strength keeps the (rescaled) prior; too few ablations return it untouched.
+    kept = refine_scores(prior, masks, y, strength=1e9)
+    assert torch.allclose(kept / kept.norm(), prior / prior.norm(), atol=1e-6)
+    assert torch.equal(refine_scores(prior, masks[:1], y[:1]), prior)
+
+
+def test_refine_matches_an_independent_ridge_solution():
+    """Against numpy's least squares on the stacked system (a different computation of the same optimum)."""
+    g = torch.Generator().manual_seed(1)
+    a = torch.randn(6, generator=g, dtype=torch.float64)
+    X = random_masks(5, 6, seed=2)
+    y = torch.randn(5, generator=g, dtype=torch.float64)
+    got = refine_scores(a, X, y, strength=0.3).numpy()
+    Xc = X.numpy().astype(float) - X.numpy().mean(0)
+    yc = y.numpy() - y.numpy().mean()
+    pa = Xc @ a.numpy()
+    c = max(pa @ yc / (pa @ pa), 0.0)
+    lam = 0.3 * 5
+    A = np.vstack([Xc, np.sqrt(lam) * np.eye(6)])
+    b = np.concatenate([yc - c * pa, np.zeros(6)])
+    delta = np.linalg.lstsq(A, b, rcond=None)[0]
+    np.testing.assert_allclose(got, c * a.numpy() + delta, atol=1e-9)
+
+
+def test_sign_test_p_value():
+    assert sign_test([1, 1, 1], [0, 0, 0]) == (3, 0, 0.25)
+    assert sign_test([1, 0], [0, 1])[2] == 1.0
+
+
+# -- the committed outcomes (benchmarks/data/outcomes), with the real default model ----------------------
+COMMITTED = Path(__file__).resolve().parents[1] / "benchmarks" / "data" / "outcomes"
+FIXTURES = Path(__file__).resolve().parent / "data"
+
+
+def test_committed_outcomes_are_complete_and_consistent():
+    """Every committed folder reads back with one recipe, unique ids, and masks/targets of the stated sizes."""
+    for name, kind, k in (("test-k5", "eval", 5), ("test-k10", "eval", 10), ("train-k5", "train", 5)):
+        recipe, records = read_outcomes(COMMITTED / name)
+        assert (recipe["kind"], recipe["k"], recipe["split"]) == (kind, k, name.split("-")[0])
+        assert len({r["id"] for r in records}) == len(records) >= 250
+        for rec in records[:50]:
+            n_src = len(rec["sources"])
+            assert len(rec["document_ids"]) == k and rec["spans"][-1] == [0, len(rec["answer_ids"])]
+            for set_name in rec["sets"]:
+                masks, targets = set_masks(rec, set_name), set_targets(rec, set_name)
+                assert masks.shape == (len(targets), n_src) and targets.shape[1] == len(rec["spans"])
+                assert torch.isfinite(targets).all()
+
+
+def test_committed_outcomes_features_recompute_to_the_stored_ones(attributor):
+    """Features recomputed on this machine for two committed test questions equal the stored ones."""
+    from safetensors.torch import load_file
+
+    examples = {e["id"]: e for e in json.loads((FIXTURES / "outcome_examples.json").read_text(encoding="utf-8"))}
+    _, records = read_outcomes(COMMITTED / "test-k5" / "shard-00000.jsonl.gz")
+    stored = load_file(str(FIXTURES / "outcome_features.safetensors"))
+    for i, (_, feats, query) in enumerate(with_features(attributor, records[:2], examples)):
+        torch.testing.assert_close(feats, stored[f"{i}.features"], atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(query, stored[f"{i}.query"], atol=1e-5, rtol=1e-4)
