@@ -35,23 +35,16 @@ def load(name: str, data: str, shards: int | None = None) -> list:
                            shards=shards)
 
 
-def holdout_lds(score_fn, rows, n_refit: int = 0) -> list[float]:
-    """LDS per held-out question on its train masks (after the first ``n_refit``, which AT2+N may use)."""
-    from at2_rag.research.evaluation.metrics import lds
-    from at2_rag.research.outcomes import set_masks, set_targets
-
-    out = []
-    for rec, feats, _ in rows:
-        masks, y = set_masks(rec, "train"), set_targets(rec, "train")[:, -1]
-        scores = score_fn(rec, feats[:, :, -1], masks[:n_refit], y[:n_refit])
-        out.append(lds(scores, masks[n_refit:], y[n_refit:]))
-    return out
-
-
-def fit_linear(rows, *, target: str = "sentences", n_masks: int | None = None, position: bool = False, log=None):
-    """Per-head weights fitted with the shipped recipe; ``target``: sentences, whole or both."""
+def fit_linear(rows, *, target: str = "sentences", n_masks: int | None = None, position: bool = False,
+               non_negative: bool = True, log=None):
+    """Per-head weights fitted with the shipped recipe, or a variant: ``target`` sentences, whole or
+    both; the first ``n_masks`` masks only; a relative-position term per head."""
+    from at2_rag.research.fit_model import fit_outcomes
     from at2_rag.research.fitting import fit_estimator, make_instances
     from at2_rag.research.outcomes import training_record
+
+    if target == "sentences" and not position:
+        return fit_outcomes(rows, n_masks=n_masks, non_negative=non_negative, log=log)
 
     records = []
     for rec, feats, query in rows:
@@ -67,7 +60,7 @@ def fit_linear(rows, *, target: str = "sentences", n_masks: int | None = None, p
             t = {**t, "query": torch.cat([t["query"], t["query"]], dim=0)}
         records.append(({**t, "features": f, "targets": y}, meta))
     inst = make_instances(records, "answer")
-    weights, _ = fit_estimator(inst, log=log)
+    weights, _ = fit_estimator(inst, log=log, non_negative=non_negative)
     return weights
 
 
@@ -109,6 +102,7 @@ def select(args) -> None:
     from at2_rag.refine import refine_scores
     from at2_rag.research.evaluation.methods import fit_surrogate
     from at2_rag.research.evaluation.metrics import mean_and_stderr
+    from at2_rag.research.fit_model import holdout_lds
 
     rows = load("train-k5", args.data, args.shards)
     fit_rows, held = rows[: -args.holdout], rows[-args.holdout :]
@@ -136,6 +130,8 @@ def select(args) -> None:
         w = fit_linear(fit_rows, target=target)
         report(f"linear, {target}-answer targets" if target == "whole" else "linear, sentence + whole targets",
                holdout_lds(linear(w), held))
+    free = fit_linear(fit_rows, non_negative=False)
+    report("linear, sentence targets, weights of any sign", holdout_lds(linear(free), held))
     w16 = fit_linear(fit_rows, n_masks=16)
     report("linear, 16 masks per example (of 32)", holdout_lds(linear(w16), held))
     wpos = fit_linear(fit_rows, position=True)

@@ -148,3 +148,17 @@ def test_a_worker_killed_mid_shard_is_retried_to_the_same_files(setup, ray_clust
     generate_with_ray(str(model_dir), data, tmp_path, workers=2, **OPTIONS)
     assert Path(f"{armed}.fired").exists() and not armed.exists()  # a worker did die mid-write
     assert folder_bytes(tmp_path) == folder_bytes(reference)
+
+
+def test_ray_workers_write_the_single_process_outcome_shards(setup, ray_cluster, tmp_path):
+    """The batched engine's outcome shards (what fit-model makes) spread over Ray equal one process's."""
+    from at2_rag.research.distributed import generate_with_ray
+    from at2_rag.research.outcomes import generate_outcomes
+
+    att, model_dir, data, _ = setup
+    opts = dict(split="train", limit=5, k=3, n_masks=4, max_new_tokens=4, shard_size=2)
+    generate_outcomes(att, data, tmp_path / "one", kind="train", progress=False, **opts)
+    paths = generate_with_ray(str(model_dir), data, tmp_path / "ray", kind="outcomes", workers=2, **opts)
+    assert [p.name for p in paths] == ["shard-00000.jsonl.gz", "shard-00001.jsonl.gz", "shard-00002.jsonl.gz"]
+    one = {p.name: p.read_bytes() for p in (tmp_path / "one").iterdir()}
+    assert {p.name: p.read_bytes() for p in (tmp_path / "ray").iterdir()} == one

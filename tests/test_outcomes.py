@@ -189,3 +189,23 @@ def test_committed_outcomes_features_recompute_to_the_stored_ones(attributor):
     for i, (_, feats, query) in enumerate(with_features(attributor, records[:2], examples)):
         torch.testing.assert_close(feats, stored[f"{i}.features"], atol=1e-5, rtol=1e-4)
         torch.testing.assert_close(query, stored[f"{i}.query"], atol=1e-5, rtol=1e-4)
+
+
+def test_fit_model_command_goes_from_a_model_folder_to_an_estimator_and_resumes(setup, tmp_path, capsys):
+    from at2_rag.app import cli
+    from at2_rag.estimator import Estimator
+
+    att, data, _ = setup
+    folder = att.model.name_or_path
+    argv = ["fit-model", "--model", str(folder), "--data", str(data), "--out", str(tmp_path / "est.safetensors"),
+            "--work", str(tmp_path / "work"), "--limit", "6", "--masks", "6", "--max-new-tokens", "4",
+            "--holdout", "0.34"]
+    assert cli.main(argv) == 0
+    est = Estimator.load(tmp_path / "est.safetensors")
+    assert est.kind == "answer" and est.recipe["holdout_examples"] >= 1
+    assert est.recipe["data"]["kind"] == "train" and "holdout_lds" in est.recipe
+    shards = sorted((tmp_path / "work" / "outcomes").glob("shard-*.jsonl.gz"))
+    stamps = [p.stat().st_mtime_ns for p in shards]
+    assert cli.main(argv) == 0  # resumes: the outcome shards are kept, not remade
+    assert [p.stat().st_mtime_ns for p in shards] == stamps
+    assert "held-out LDS" in capsys.readouterr().out

@@ -34,6 +34,16 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default=None, help="float32 (the default), bfloat16, float16 or auto")
 
 
+def _add_ray_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--ray", default=None, metavar="ADDRESS",
+                   help="spread the shard files over a Ray cluster: 'auto' (the one this machine joined), "
+                        "host:port, or 'local' (needs pip install \"at2-rag[ray]\")")
+    p.add_argument("--ray-workers", type=positive_int, default=None,
+                   help="Ray workers, each loading the model once (the cluster's CPUs, or its GPUs / "
+                        "--ray-gpus-per-worker)")
+    p.add_argument("--ray-gpus-per-worker", type=float, default=0, help="GPUs each Ray worker takes")
+
+
 def _add_on_error(p: argparse.ArgumentParser) -> None:
     p.add_argument("--on-error", choices=["raise", "skip"], default="raise",
                    help="a malformed data row stops the run with its path:line (raise), or is skipped and "
@@ -195,6 +205,22 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_fit_model(args) -> int:
+    from ..research.fit_model import fit_model
+
+    input_file(args.data, "data file")
+    output_file(args.out, "estimator file")
+    ray = None
+    if args.ray is not None:
+        ray = dict(model=args.model, address=args.ray, workers=args.ray_workers,
+                   gpus_per_worker=args.ray_gpus_per_worker, device=args.device, dtype=args.dtype)
+    fit_model(
+        _attributor(args), args.data, args.out, args.work, k=args.k, limit=args.limit, n_masks=args.masks,
+        max_new_tokens=args.max_new_tokens, holdout=args.holdout, max_batch_tokens=args.max_batch_tokens, ray=ray,
+    )
+    return 0
+
+
 def cmd_attribute(args) -> int:
     docs = [read_text_file(p) for p in args.documents]
     estimator_file(args.estimator)
@@ -269,7 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="JSONL(.gz) in at2-rag's format")
     p.add_argument("--estimator", default="default", help="the answer estimator behind 'at2' and the answers")
     p.add_argument("--methods", default="at2,avg_attention,contextcite:32,loo,embedding,retriever",
-                   help="comma-separated: at2, at2:FILE, avg_attention, loo, contextcite:N, embedding, retriever")
+                   help="comma-separated: at2, at2:FILE, at2+N, avg_attention, loo, contextcite:N, embedding, retriever")
     p.add_argument("--split", default="test", choices=["train", "validation", "test", "all"],
                    help="which examples of the data file to evaluate")
     p.add_argument("--limit", type=positive_int, default=None, help="evaluate at most this many examples (all)")
@@ -307,14 +333,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shard", default=None, metavar="I/N",
                    help="write only the shard files whose index %% N == I (run N of these, e.g. a SLURM array, "
                         "into one folder: the same files as one run)")
-    p.add_argument("--ray", default=None, metavar="ADDRESS",
-                   help="spread the shard files over a Ray cluster: 'auto' (the one this machine joined), "
-                        "host:port, or 'local' (needs pip install \"at2-rag[ray]\")")
-    p.add_argument("--ray-workers", type=positive_int, default=None,
-                   help="Ray workers, each loading the model once (the cluster's CPUs, or its GPUs / "
-                        "--ray-gpus-per-worker)")
-    p.add_argument("--ray-gpus-per-worker", type=float, default=0, help="GPUs each Ray worker takes")
+    _add_ray_args(p)
     p.set_defaults(func=cmd_train_data)
+
+    p = _command(sub, "fit-model", "train an answer estimator for your model in one command (resumable)")
+    _add_model_args(p)
+    p.add_argument("--data", required=True, help="JSONL(.gz) in at2-rag's format; its train split is used")
+    p.add_argument("--out", required=True, help="the estimator file to write (.safetensors)")
+    p.add_argument("--work", default="at2-fit-work",
+                   help="folder for the resumable stages (ablation outcomes, cached features)")
+    p.add_argument("--limit", type=positive_int, default=None, help="use at most this many train examples (all)")
+    p.add_argument("--k", type=positive_int, default=5, help="documents per example")
+    p.add_argument("--masks", type=masks_count, default=32, help="random ablations per example")
+    p.add_argument("--max-new-tokens", type=positive_int, default=48, help="the longest answer, in tokens")
+    p.add_argument("--holdout", type=open_fraction, default=0.15,
+                   help="fraction of the examples kept out of the fit to report its LDS")
+    p.add_argument("--max-batch-tokens", type=positive_int, default=16384,
+                   help="tokens per batched forward pass of the ablation engine (raise on a large GPU)")
+    _add_ray_args(p)
+    p.set_defaults(func=cmd_fit_model)
 
     p = _command(sub, "train", "fit an estimator on ablation shards")
     p.add_argument("--model", default="default",

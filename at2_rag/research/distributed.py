@@ -20,15 +20,22 @@ starts a private one on this machine. ``--ray-workers`` defaults to the cluster'
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
 from .ablation_data import generate_support_data, generate_training_data
 from .data import read_selection
+from .outcomes import generate_outcomes
 from .shards import shard_count
 
-KINDS = {"training": generate_training_data, "support": generate_support_data}
+KINDS = {
+    "training": generate_training_data,
+    "support": generate_support_data,
+    "outcomes": partial(generate_outcomes, kind="train"),
+    "eval-outcomes": partial(generate_outcomes, kind="eval"),
+}
 """The generators a worker can run, by name."""
 
 
@@ -91,8 +98,9 @@ def generate_with_ray(
     max_retries: int = 3,
     **options: Any,
 ) -> list[Path]:
-    """``generate_training_data`` (or ``_support_data`` for ``kind="support"``) with its shard files spread
-    over Ray actors; returns every shard path, as one process would. ``options`` are the generator's."""
+    """``generate_training_data`` (``generate_support_data`` for ``kind="support"``, ``generate_outcomes`` for
+    ``kind="outcomes"`` / ``"eval-outcomes"``) with its shard files spread over Ray actors; returns every shard path, as one
+    process would. ``options`` are the generator's."""
     if kind not in KINDS:
         raise InputError(f"unknown kind {kind!r}; use one of {', '.join(KINDS)}")
     if gpus_per_worker < 0:
@@ -103,7 +111,7 @@ def generate_with_ray(
     examples = read_selection(
         data_path, options.get("split", "train"), options.get("limit"), options.get("on_error", "raise")
     )
-    count = shard_count(len(examples), options.get("shard_size", 64 if kind == "support" else 8))
+    count = shard_count(len(examples), options.get("shard_size", 8 if kind == "training" else 64))
     _connect(ray, address)
     n_workers = min(count, workers or _default_workers(ray, gpus_per_worker))
     actor = ray.remote(ShardWorker).options(
@@ -118,7 +126,8 @@ def generate_with_ray(
     finally:
         for a in pool:
             ray.kill(a)
-    paths = [Path(out_dir) / f"shard-{i:05d}.safetensors" for i in range(count)]
+    suffix = ".jsonl.gz" if kind.endswith("outcomes") else ".safetensors"
+    paths = [Path(out_dir) / f"shard-{i:05d}{suffix}" for i in range(count)]
     missing = [p.name for p in paths if not p.exists()]
     if missing:
         raise RuntimeError(f"{out} lacks {len(missing)} of {count} shard files after the Ray run; run it again to resume")
