@@ -21,7 +21,7 @@ from .seeds import stable_hash
 if TYPE_CHECKING:
     from .results import Attribution
 
-DEFAULT_STRENGTH = 1.0
+DEFAULT_STRENGTH = 0.3
 
 
 def refine_scores(prior: torch.Tensor, masks: torch.Tensor, targets: torch.Tensor, *, strength: float = DEFAULT_STRENGTH) -> torch.Tensor:

@@ -243,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", default=str(ROOT / "data" / "nq_rag.jsonl.gz"))
     p.add_argument("--holdout", type=int, default=160)
     p.add_argument("--estimator", default="default")
-    p.add_argument("--strength", type=float, default=1.0)
+    p.add_argument("--strength", type=float, default=0.3)
     p.add_argument("--shards", type=int, default=None, help="only the first N train shards (a quick check)")
     args = p.parse_args(argv)
     torch.set_num_threads(2)

@@ -7,6 +7,11 @@
 
     python benchmarks/overhead.py --lengths 512 1024 2048 4096 --reps 5
     python benchmarks/overhead.py --device cuda --dtype bfloat16 --lengths 1024 4096 8192 --reps 10
+    python benchmarks/overhead.py --model random:qwen2.5-0.5b --lengths 1024 --reps 3 --skip-memory --contextcite
+
+``--model random:NAME`` times a model with random weights and the layer shapes of a real one (see
+``SHAPES``; no weights are needed to time attention capture), with the bundled tokenizer, so its
+vocabulary is the bundled 49,152 tokens rather than the real model's.
 """
 
 from __future__ import annotations
@@ -72,6 +77,51 @@ def timed(fn, device) -> float:
     fn()
     sync(device)
     return time.perf_counter() - t
+
+
+SHAPES = {
+    # name: (transformers config class, layer shapes of the public model's config.json)
+    "qwen2.5-0.5b": ("Qwen2Config", dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
+                                          num_attention_heads=14, num_key_value_heads=2)),
+    "llama-3.2-1b": ("LlamaConfig", dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
+                                          num_attention_heads=32, num_key_value_heads=8, head_dim=64)),
+    "qwen2.5-1.5b": ("Qwen2Config", dict(hidden_size=1536, intermediate_size=8960, num_hidden_layers=28,
+                                          num_attention_heads=12, num_key_value_heads=2)),
+    "gemma-3-1b": ("Gemma3TextConfig", dict(hidden_size=1152, intermediate_size=6912, num_hidden_layers=26,
+                                             num_attention_heads=4, num_key_value_heads=1, head_dim=256,
+                                             sliding_window=512)),
+    "llama-3.1-8b": ("LlamaConfig", dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+                                          num_attention_heads=32, num_key_value_heads=8)),
+    "mistral-7b": ("MistralConfig", dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+                                          num_attention_heads=32, num_key_value_heads=8, sliding_window=None)),
+}
+
+
+def random_model(name: str, device: str, dtype: str):
+    """A random-weight model with the layer shapes of ``SHAPES[name]`` and the bundled tokenizer."""
+    import transformers
+
+    _, tok = load_model("default")
+    cls_name, shape = SHAPES[name]
+    config = getattr(transformers, cls_name)(vocab_size=len(tok), max_position_embeddings=16384,
+                                             bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                                             pad_token_id=tok.pad_token_id, **shape)
+    torch_dtype = torch.float32 if dtype == "none" else getattr(torch, dtype)
+    with torch.device(device):
+        model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch_dtype)
+    model.set_attn_implementation(capture.ATTENTION_NAME)
+    return model.eval(), tok
+
+
+def contextcite_seconds(att: AT2Attributor, length: int, n: int = 32, batch_size: int = 8) -> float:
+    """Seconds of ContextCite's ``n`` ablated passes (batches of ``batch_size``) on the benchmark prompt."""
+    from at2_rag.ablation import answer_token_logprobs, random_masks
+
+    docs = documents_for(att.tokenizer, length)
+    prompt = att.prompt("What is the highest mountain on Earth?", docs, "sentence")
+    masks = random_masks(n, len(prompt.sources), seed=0)
+    answer = encode(att.tokenizer, ANSWER)
+    return timed(lambda: answer_token_logprobs(att.model, prompt, answer, masks, batch_size=batch_size), att.device)
 
 
 def speed(att: AT2Attributor, length: int, reps: int, new_tokens: int) -> dict:
@@ -187,13 +237,24 @@ def main() -> None:
     ap.add_argument("--skip-memory", action="store_true")
     ap.add_argument("--skip-speed", action="store_true")
     ap.add_argument("--out", default="benchmarks/out/overhead.json")
+    ap.add_argument("--model", default="default", help="'default', or random:NAME with NAME in SHAPES")
+    ap.add_argument("--contextcite", action="store_true", help="also time ContextCite's 32 ablated passes")
     args = ap.parse_args()
-    model, tok = load_model("default", device=args.device, dtype=None if args.dtype == "none" else args.dtype)
+    if args.model.startswith("random:"):
+        model, tok = random_model(args.model.split(":", 1)[1], args.device, args.dtype)
+        args.skip_memory = True  # the memory children load the default model
+    else:
+        model, tok = load_model("default", device=args.device, dtype=None if args.dtype == "none" else args.dtype)
     att = AT2Attributor(model, tok, estimator=None)
     device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU ({os.cpu_count()} cores)"
-    results = {"device": device_name, "dtype": str(model.dtype), "torch": torch.__version__, "speed": [], "memory": []}
+    results = {"device": device_name, "dtype": str(model.dtype), "torch": torch.__version__, "model": args.model,
+               "parameters": sum(p.numel() for p in model.parameters()), "speed": [], "memory": []}
     for n in [] if args.skip_speed else args.lengths:
         r = speed(att, n, args.reps, args.new_tokens)
+        if args.contextcite:
+            cc = contextcite_seconds(att, n)
+            r["contextcite32_seconds"] = cc
+            r["contextcite32_vs_attribution"] = cc / r["seconds_median"]["capture_forward"]
         results["speed"].append(r)
         print(f"{r['prompt_tokens']:>6} tok  generate x{r['generate_ratio_median']:.3f}  forward x{r['forward_ratio_median']:.3f}  "
               f"{ {k: round(v, 3) for k, v in r['seconds_median'].items()} }", flush=True)

@@ -80,7 +80,8 @@ def test_surrogate_recovers_a_linear_model_and_satisfies_the_lasso_kkt_condition
 def test_make_method_names_and_errors():
     assert make_method("contextcite:64").n == 64
     assert make_method("at2").name == "at2"
-    for bad in ("nope", "contextcite:x", "contextcite:0", "loo:3"):
+    assert make_method("at2+8").name == "at2+8" and make_method("at2+8").n == 8
+    for bad in ("nope", "contextcite:x", "contextcite:0", "loo:3", "at2+1", "at2+x", "at2+4:3"):
         with pytest.raises(InputError):
             make_method(bad)
 
@@ -114,10 +115,10 @@ def test_leave_one_out_matches_single_ablations(attributor, example):
 
 
 def test_methods_rank_the_gold_sentence_and_report_their_cost(attributor, example):
-    names = ["at2", "avg_attention", "contextcite:16", "embedding", "retriever"]
+    names = ["at2", "avg_attention", "contextcite:16", "embedding", "retriever", "at2+4"]
     res = {n: make_method(n).attribute(attributor, example) for n in names}
-    assert [res[n].forward_passes for n in names] == [1, 1, 16, 0, 0]
-    for n in ("at2", "contextcite:16", "embedding"):
+    assert [res[n].forward_passes for n in names] == [1, 1, 16, 0, 0, 6]
+    for n in ("at2", "contextcite:16", "embedding", "at2+4"):
         assert int(res[n].scores.argmax()) == 2, (n, res[n].scores)
     # Retriever order: every sentence of the first-retrieved document (doc 1) ranks above the others.
     r = res["retriever"].scores

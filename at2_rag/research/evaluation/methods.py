@@ -141,7 +141,7 @@ class AT2Refined(AT2):
         full = torch.ones(1, masks.shape[1], dtype=torch.bool)
         base = whole_answer_targets(att, ex, full, self.batch_size)
         scores = refine_scores(prior, torch.cat([full, masks]), torch.cat([base, y]), strength=self.strength)
-        return scores, self.n + 1
+        return scores, 1 + self.n + 1  # AT2's own pass, the N ablations, the unablated answer
 
 
 class EmbeddingSimilarity(Method):
