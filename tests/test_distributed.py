@@ -162,3 +162,47 @@ def test_ray_workers_write_the_single_process_outcome_shards(setup, ray_cluster,
     assert [p.name for p in paths] == ["shard-00000.jsonl.gz", "shard-00001.jsonl.gz", "shard-00002.jsonl.gz"]
     one = {p.name: p.read_bytes() for p in (tmp_path / "one").iterdir()}
     assert {p.name: p.read_bytes() for p in (tmp_path / "ray").iterdir()} == one
+
+
+EVAL = dict(split="train", limit=4, k=3, n_masks=4, max_new_tokens=4, progress=False)
+
+
+def _rows(path: Path) -> dict[str, dict]:
+    import json
+
+    return {r["id"]: r["methods"] for r in json.loads(path.read_text())["rows"] if "methods" in r}
+
+
+def test_evaluate_shards_then_a_plain_run_give_the_single_run_summary(setup, tmp_path):
+    from at2_rag.research.evaluation import make_method, run_evaluation
+
+    att, _, data, _ = setup
+    methods = [make_method("at2"), make_method("contextcite:4")]
+    run_evaluation(att, str(data), methods, str(tmp_path / "one.json"), **EVAL)
+    for i in range(2):
+        run_evaluation(att, str(data), methods, str(tmp_path / "split.json"), shard=(i, 2), **EVAL)
+    assert not (tmp_path / "split.json").exists()  # shards write rows only
+    assert len(list(tmp_path.glob("split.json.rows.*-of-2.jsonl"))) == 2
+    run_evaluation(att, str(data), methods, str(tmp_path / "split.json"), **EVAL)  # summary only: every row done
+    one, split = _rows(tmp_path / "one.json"), _rows(tmp_path / "split.json")
+    assert one.keys() == split.keys() and len(one) == 4
+    for key in one:
+        for name in ("at2", "contextcite:4"):
+            assert split[key][name]["lds"] == one[key][name]["lds"]
+
+
+def test_evaluate_on_ray_workers_gives_the_single_run_rows(setup, ray_cluster, tmp_path):
+    from at2_rag.research.distributed import evaluate_with_ray
+    from at2_rag.research.evaluation import make_method, run_evaluation
+
+    att, model_dir, data, _ = setup
+    specs = ["at2", "contextcite:4"]
+    opts = {k: v for k, v in EVAL.items() if k != "progress"}
+    assert evaluate_with_ray(str(model_dir), data, specs, str(tmp_path / "ray.json"), estimator=None, workers=2,
+                             **opts) == 4
+    methods = [make_method(s) for s in specs]
+    run_evaluation(att, str(data), methods, str(tmp_path / "ray.json"), **EVAL)
+    run_evaluation(att, str(data), methods, str(tmp_path / "one.json"), **EVAL)
+    ray_rows, one = _rows(tmp_path / "ray.json"), _rows(tmp_path / "one.json")
+    assert ray_rows.keys() == one.keys()
+    assert all(ray_rows[i][m]["lds"] == one[i][m]["lds"] for i in one for m in specs)

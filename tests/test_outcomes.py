@@ -243,3 +243,14 @@ def test_a_fit_on_committed_outcomes_reproduces_its_recorded_holdout_score(attri
 
 
 RECORDED_SUBSET_LDS = 0.6201  # python -m pytest tests/test_outcomes.py -k reproduces, when the data was committed
+
+
+def test_token_window_outcomes_recompute_their_features(setup, tmp_path):
+    """Outcomes over token windows (the reference recipe's near-token-level sources) round-trip too."""
+    att, data, examples = setup
+    generate_outcomes(att, data, tmp_path / "tok", kind="train", split=None, k=3, limit=2, n_masks=4,
+                      max_new_tokens=4, progress=False, granularity=4)
+    recipe, records = read_outcomes(tmp_path / "tok")
+    assert recipe["granularity"] == 4 and all(r["granularity"] == 4 for r in records)
+    rec, feats, _ = next(with_features(att, records, examples))
+    assert all(b - a <= 4 for a, b in rec["sources"]) and feats.shape[-1] == len(rec["sources"]) > 10

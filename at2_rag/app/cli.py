@@ -117,6 +117,7 @@ def cmd_ask(args) -> int:
 def cmd_evaluate(args) -> int:
     from ..errors import InputError
     from ..research.evaluation import format_table, make_method, run_evaluation
+    from ..research.shards import parse_shard
 
     methods = [make_method(m.strip()) for m in args.methods.split(",") if m.strip()]
     if len({m.name for m in methods}) != len(methods):
@@ -124,12 +125,23 @@ def cmd_evaluate(args) -> int:
     input_file(args.data, "data file")
     estimator_file(args.estimator)
     output_file(args.out, "summary file")
+    options = dict(split=None if args.split == "all" else args.split, limit=args.limit, k=args.k,
+                   n_masks=args.masks, max_new_tokens=args.max_new_tokens, on_error=args.on_error)
+    shard = None if args.shard is None else parse_shard(args.shard)
+    if args.ray is not None:
+        from ..research.distributed import evaluate_with_ray
+
+        if shard is not None:
+            raise InputError("--shard and --ray split the work two ways; give one of them")
+        evaluate_with_ray(args.model, args.data, [m.name for m in methods], args.out, estimator=args.estimator,
+                          address=args.ray, workers=args.ray_workers, gpus_per_worker=args.ray_gpus_per_worker,
+                          device=args.device, dtype=args.dtype, **options)
     att = _attributor(args, args.estimator)
-    summary = run_evaluation(
-        att, args.data, methods, args.out, split=None if args.split == "all" else args.split,
-        limit=args.limit, k=args.k, n_masks=args.masks, max_new_tokens=args.max_new_tokens,
-        on_error=args.on_error,
-    )
+    summary = run_evaluation(att, args.data, methods, args.out, shard=shard, **options)
+    if shard is not None:
+        print(f"shard {args.shard}: rows in {args.out}.rows.{shard[0]}-of-{shard[1]}.jsonl; run without --shard "
+              "(same options) for the summary once every shard is done")
+        return 0
     print(format_table(summary))
     print(f"per-example rows: {args.out}.rows.jsonl; summary and rows: {args.out}")
     return 0
@@ -305,6 +317,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=positive_int, default=48, help="the longest answer, in tokens")
     p.add_argument("--out", default="results.json",
                    help="summary file (JSON); the per-example rows go to OUT.rows.jsonl, and a rerun resumes them")
+    p.add_argument("--shard", default=None, metavar="I/N",
+                   help="evaluate only every N-th example from the I-th, into OUT.rows.I-of-N.jsonl; a run "
+                        "without --shard then writes the summary of all of them")
+    _add_ray_args(p)
     p.set_defaults(func=cmd_evaluate)
 
     p = _command(sub, "build-nq", "build the NQ-RAG dataset (MiniLM + FAISS retrieval)")

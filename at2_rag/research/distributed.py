@@ -12,7 +12,8 @@ Point it at a cluster with GPU workers::
     at2-rag train-data --model my/model --device cuda --data data.jsonl --out shards \\
         --ray <head>:6379 --ray-gpus-per-worker 1
 
-``--ray auto`` joins the cluster this machine already belongs to (``ray start`` was run here), ``--ray local``
+``at2-rag evaluate --ray …`` spreads an evaluation the same way (:func:`evaluate_with_ray`), and
+``at2-rag fit-model --ray …`` its ablation outcomes. ``--ray auto`` joins the cluster this machine already belongs to (``ray start`` was run here), ``--ray local``
 starts a private one on this machine. ``--ray-workers`` defaults to the cluster's CPU count, or one worker per
 ``--ray-gpus-per-worker`` GPUs. Without Ray, ``--shard i/n`` splits the same work across any scheduler
 (e.g. a SLURM array). Ray is imported only here, and only when used (``pip install "at2-rag[ray]"``).
@@ -51,11 +52,20 @@ def import_ray() -> Any:
 class ShardWorker:
     """One Ray actor: loads the model once, then writes the shard files it is given."""
 
-    def __init__(self, model: str, device: str | None, dtype: str | None) -> None:
-        """Load ``model`` as ``AT2Attributor.from_pretrained`` does, without an estimator (not needed for data)."""
+    def __init__(self, model: str, device: str | None, dtype: str | None, estimator: str | None = None) -> None:
+        """Load ``model`` as ``AT2Attributor.from_pretrained`` does; data needs no estimator, evaluation does."""
         from ..attributor import AT2Attributor
 
-        self.attributor = AT2Attributor.from_pretrained(model, None, device=device, dtype=dtype)
+        self.attributor = AT2Attributor.from_pretrained(model, estimator, device=device, dtype=dtype)
+
+    def evaluate(self, data_path: str, methods: list[str], out: str, index: int, count: int,
+                 options: dict[str, Any]) -> int:
+        """Evaluate every ``count``-th example from the ``index``-th into its own rows file; the rows done."""
+        from .evaluation import make_method, run_evaluation
+
+        summary = run_evaluation(self.attributor, data_path, [make_method(m) for m in methods], out,
+                                 shard=(index, count), progress=False, **options)
+        return max(s["n"] for s in summary.values())
 
     def run(self, kind: str, data_path: str, out_dir: str, index: int, count: int, options: dict[str, Any]) -> str:
         """Write shard file ``index`` of ``count`` (skipped when already complete) and return its path."""
@@ -84,6 +94,28 @@ def _default_workers(ray: Any, gpus_per_worker: float) -> int:
     return max(1, int(resources.get("CPU", 1)))
 
 
+def _start(data_path, default_split: str, address, workers, gpus_per_worker: float, options: dict[str, Any]):
+    """Check the worker options, read the selected examples, join the cluster: ``(ray, examples)``."""
+    if gpus_per_worker < 0:
+        raise InputError(f"gpus_per_worker must be >= 0, got {gpus_per_worker}")
+    if workers is not None and workers < 1:
+        raise InputError(f"workers must be >= 1, got {workers}")
+    ray = import_ray()
+    examples = read_selection(data_path, options.get("split", default_split), options.get("limit"),
+                              options.get("on_error", "raise"))
+    _connect(ray, address)
+    return ray, examples
+
+
+def _pool(ray, n_workers: int, gpus_per_worker: float, max_retries: int, init_args: tuple) -> list:
+    """``n_workers`` restartable :class:`ShardWorker` actors built from ``init_args``."""
+    actor = ray.remote(ShardWorker).options(
+        num_cpus=0 if gpus_per_worker > 0 else 1, num_gpus=gpus_per_worker,
+        max_restarts=max_retries, max_task_retries=max_retries,
+    )
+    return [actor.remote(*init_args) for _ in range(n_workers)]
+
+
 def generate_with_ray(
     model: str,
     data_path: str | Path,
@@ -103,22 +135,11 @@ def generate_with_ray(
     process would. ``options`` are the generator's."""
     if kind not in KINDS:
         raise InputError(f"unknown kind {kind!r}; use one of {', '.join(KINDS)}")
-    if gpus_per_worker < 0:
-        raise InputError(f"gpus_per_worker must be >= 0, got {gpus_per_worker}")
-    if workers is not None and workers < 1:
-        raise InputError(f"workers must be >= 1, got {workers}")
-    ray = import_ray()
-    examples = read_selection(
-        data_path, options.get("split", "train"), options.get("limit"), options.get("on_error", "raise")
-    )
+    ray, examples = _start(data_path, "train", address, workers, gpus_per_worker, options)
     count = shard_count(len(examples), options.get("shard_size", 8 if kind == "training" else 64))
-    _connect(ray, address)
-    n_workers = min(count, workers or _default_workers(ray, gpus_per_worker))
-    actor = ray.remote(ShardWorker).options(
-        num_cpus=0 if gpus_per_worker > 0 else 1, num_gpus=gpus_per_worker,
-        max_restarts=max_retries, max_task_retries=max_retries,
-    )
-    pool = [actor.remote(model, device, dtype) for _ in range(n_workers)]
+    pool = _pool(ray, min(count, workers or _default_workers(ray, gpus_per_worker)), gpus_per_worker, max_retries,
+                 (model, device, dtype))
+    n_workers = len(pool)
     data, out = str(Path(data_path).resolve()), str(Path(out_dir).resolve())
     try:
         pending = [pool[i % n_workers].run.remote(kind, data, out, i, count, options) for i in range(count)]
@@ -134,4 +155,37 @@ def generate_with_ray(
     return paths
 
 
-__all__ = ["ShardWorker", "generate_with_ray", "import_ray"]
+def evaluate_with_ray(
+    model: str,
+    data_path: str | Path,
+    methods: list[str],
+    out: str,
+    *,
+    estimator: str | None = "default",
+    address: str | None = "auto",
+    workers: int | None = None,
+    gpus_per_worker: float = 0,
+    device: str | None = None,
+    dtype: str | None = None,
+    max_retries: int = 3,
+    **options: Any,
+) -> int:
+    """``run_evaluation`` of ``methods`` (command-line names) with its examples spread over Ray actors,
+    each writing its own rows file (``shard=(i, n)``); a worker that dies is restarted and resumes its
+    file. Returns the rows written; a run without Ray (e.g. ``at2-rag evaluate`` with the same options)
+    then finds every row done and writes the summary."""
+    ray, examples = _start(data_path, "test", address, workers, gpus_per_worker, options)
+    pool = _pool(ray, max(1, min(len(examples), workers or _default_workers(ray, gpus_per_worker))),
+                 gpus_per_worker, max_retries, (model, device, dtype, estimator))
+    n_workers = len(pool)
+    data, target = str(Path(data_path).resolve()), str(Path(out).resolve())
+    try:
+        done = ray.get([pool[i].evaluate.remote(data, list(methods), target, i, n_workers, options)
+                        for i in range(n_workers)])
+    finally:
+        for a in pool:
+            ray.kill(a)
+    return sum(done)
+
+
+__all__ = ["ShardWorker", "evaluate_with_ray", "generate_with_ray", "import_ray"]

@@ -72,11 +72,15 @@ def outcome_records(
     seed: int = 0,
     max_batch_tokens: int = 16384,
     generate_batch: int = 32,
+    granularity: str | int = "sentence",
 ) -> list[dict[str, Any]]:
     """Outcome records of a chunk of examples: answers in batched ``generate``, then every ablated pass
-    of the chunk through the batched engine. Examples whose answer is empty get no record."""
+    of the chunk through the batched engine. Examples whose answer is empty get no record.
+
+    ``granularity`` is what a source is: ``"sentence"``, or an integer token-window size (e.g. 4 for
+    the reference recipe's near-token-level training sources)."""
     docs = [shuffled_documents(ex, k, seed) for ex in examples]
-    prompts = [att.prompt(ex["question"], d, "sentence") for ex, d in zip(examples, docs)]
+    prompts = [att.prompt(ex["question"], d, granularity) for ex, d in zip(examples, docs)]
     answers = batched_answers(
         att, [p.input_ids for p in prompts], max_new_tokens=max_new_tokens, batch_size=generate_batch
     )
@@ -103,7 +107,8 @@ def outcome_records(
         gold = set(ex.get("gold_document_ids") or [])
         order = [d["id"] for d in ex["documents"]]
         rec = {
-            "id": str(ex["id"]), "k": k, "document_ids": [d["id"] for d in doc], "answer": answer,
+            "id": str(ex["id"]), "k": k, "granularity": granularity, "document_ids": [d["id"] for d in doc],
+            "answer": answer,
             "answer_ids": answer_ids, "correct": is_correct(answer, ex.get("answers") or []),
             "gold_documents": [i for i, d in enumerate(doc) if d["id"] in gold],
             "retrieval_rank": [order.index(d["id"]) for d in doc],
@@ -163,6 +168,7 @@ def generate_outcomes(
     on_error: OnError = "raise",
     shard: tuple[int, int] | None = None,
     deadline: float | None = None,
+    granularity: str | int = "sentence",
 ) -> list[Path]:
     """Resumable outcome shards for the first ``limit`` examples of ``split`` (see the module docstring).
 
@@ -176,7 +182,7 @@ def generate_outcomes(
     recipe = {
         "format": OUTCOME_FORMAT, "kind": kind, **data_identity(data_path), "split": split, "k": k,
         "n_masks": n_masks if kind == "train" else EVAL_SETS, "p_keep": 0.5, "seed": seed,
-        "granularity": "sentence", "max_new_tokens": max_new_tokens, "target": "model answer",
+        "granularity": granularity, "max_new_tokens": max_new_tokens, "target": "model answer",
         "model": ModelIdentity.of(att.model).name,
     }
 
@@ -184,7 +190,7 @@ def generate_outcomes(
         if deadline is not None and time.monotonic() > deadline:
             raise TimeoutError(f"out of time before {path.name}; rerun to resume")
         recs = outcome_records(att, chunk, kind=kind, k=k, n_masks=n_masks, max_new_tokens=max_new_tokens,
-                               seed=seed, max_batch_tokens=max_batch_tokens)
+                               seed=seed, max_batch_tokens=max_batch_tokens, granularity=granularity)
         write_jsonl(path, [{"format": OUTCOME_FORMAT, "recipe": recipe}, *recs])
 
     return write_shards(Path(out_dir), examples, recipe, None, shard_size, f"{kind} outcomes", progress, shard,
@@ -240,7 +246,8 @@ def with_features(
             raise InputError(f"example {rec['id']!r} of the outcomes is not in the dataset; use the data file they were made from")
         by_id = {d["id"]: d for d in ex["documents"]}
         docs = [by_id[i] for i in rec["document_ids"]]
-        result = att.attribute(ex["question"], docs, rec["answer"], granularity="sentence", keep_features=True)
+        granularity = rec.get("granularity", "sentence")  # records of the first format version: sentences
+        result = att.attribute(ex["question"], docs, rec["answer"], granularity=granularity, keep_features=True)
         got = [[s.token_start, s.token_end] for s in result.prompt.sources]
         if got != rec["sources"] or result.answer_ids != rec["answer_ids"]:
             raise InputError(

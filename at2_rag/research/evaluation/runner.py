@@ -9,8 +9,10 @@ document ranks first / in the top 3, and forward passes and seconds per method.
 
 from __future__ import annotations
 
+import glob
 import json
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -22,6 +24,7 @@ from ...files import atomic_write_text, json_safe
 from ...prompts import encode
 from ..data import OnError, is_correct, read_selection, shuffled_documents
 from ..options import at_least, mask_count
+from ..shards import check_shard
 from .methods import EvalExample, Method, evaluation_seed, whole_answer_targets
 from .metrics import lds, mean_and_stderr, topk_drop
 from .rows import append_row, check_same_run, prepare_rows_file, read_rows, run_options
@@ -81,6 +84,7 @@ def run_evaluation(
     max_new_tokens: int = 48,
     progress: bool = True,
     on_error: OnError = "raise",
+    shard: tuple[int, int] | None = None,
 ) -> dict:
     """Evaluate ``methods`` on the first ``limit`` rows of ``data``; the summary of those rows goes to ``out``.
 
@@ -88,16 +92,30 @@ def run_evaluation(
     with the same options (any ``limit``) skips finished rows, one with other options raises
     :class:`InputError` (see :mod:`.rows`). ``on_error="skip"`` leaves out invalid data rows (see
     :func:`~at2_rag.research.data.read_dataset`).
+
+    ``shard=(i, n)`` evaluates only every n-th example from the i-th, into its own rows file
+    (``out + f'.rows.{i}-of-{n}.jsonl'``), and writes no summary; a run without ``shard`` counts the
+    rows of every such file made with the same options as done, so after n shard runs (separate
+    processes, machines, or Ray workers) it only writes the summary.
     """
     _check_options(methods, k, n_masks, max_new_tokens)
+    check_shard(shard)
     examples = read_selection(data, split, limit, on_error)
-    rows_path = out + ".rows.jsonl"
     options = run_options(att, data, methods, split=split, k=k, n_masks=n_masks, max_new_tokens=max_new_tokens)
+    rows_path = out + (".rows.jsonl" if shard is None else f".rows.{shard[0]}-of-{shard[1]}.jsonl")
     stored = read_rows(rows_path)
     check_same_run(rows_path, stored, options)
     done: dict[str, dict] = {}
     for row in stored.rows:
         done.setdefault(row["id"], row)
+    if shard is None:
+        for part in sorted(Path(out).parent.glob(glob.escape(Path(out).name) + ".rows.*-of-*.jsonl")):
+            rows = read_rows(part)
+            check_same_run(part, rows, options)
+            for row in rows.rows:
+                done.setdefault(row["id"], row)
+    else:
+        examples = examples[shard[0] :: shard[1]]
     todo = [e for e in examples if e["id"] not in done]
     if todo:
         prepare_rows_file(rows_path, stored, options)
@@ -116,7 +134,8 @@ def run_evaluation(
         bar.close()
     rows = [done[e["id"]] for e in examples]
     result = summarize(rows, [m.name for m in methods])
-    atomic_write_text(out, json.dumps(json_safe({"summary": result, "rows": rows}), indent=1, allow_nan=False))
+    if shard is None:
+        atomic_write_text(out, json.dumps(json_safe({"summary": result, "rows": rows}), indent=1, allow_nan=False))
     return result
 
 
