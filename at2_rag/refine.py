@@ -29,7 +29,8 @@ def refine_scores(prior: torch.Tensor, masks: torch.Tensor, targets: torch.Tenso
 
     Minimises ``‖y − b − Xw‖² + strength·n·‖w − c·a‖²`` over ``w`` and ``b`` after fitting ``c ≥ 0``
     (least squares of ``y`` on ``X a``); with fewer than 2 ablations, or constant targets, it
-    returns the prior.
+    returns the prior. When the ablations do not support the prior's direction (``c`` fits to 0), the
+    result is a plain ridge surrogate of the ablations alone.
     """
     if strength < 0:
         raise ValueError(f"strength must be >= 0, got {strength}")
