@@ -28,7 +28,7 @@ STRENGTHS = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0)
 
 def load(name: str, data: str, shards: int | None = None) -> list:
     from at2_rag import AT2Attributor
-    from at2_rag.research.outcomes import cached_features
+    from at2_rag.research.features import cached_features
 
     att = AT2Attributor.from_pretrained()
     return cached_features(att, OUTCOMES / name, data, ROOT / "data" / "features" / name, progress=False,
@@ -39,9 +39,9 @@ def fit_linear(rows, *, target: str = "sentences", n_masks: int | None = None, p
                non_negative: bool = True, log=None):
     """Per-head weights fitted with the shipped recipe, or a variant: ``target`` sentences, whole or
     both; the first ``n_masks`` masks only; a relative-position term per head."""
+    from at2_rag.research.features import training_record
     from at2_rag.research.fit_model import fit_outcomes
     from at2_rag.research.fitting import fit_estimator, make_instances
-    from at2_rag.research.outcomes import training_record
 
     if target == "sentences" and not position:
         return fit_outcomes(rows, n_masks=n_masks, non_negative=non_negative, log=log)
@@ -73,8 +73,8 @@ def with_position(f: torch.Tensor) -> torch.Tensor:
 
 def fit_mlp(rows, hidden: int = 16, steps: int = 1000, seed: int = 0):
     """A small non-linear combiner of a source's L×H head features, fitted with the same Pearson loss."""
+    from at2_rag.research.features import training_record
     from at2_rag.research.fitting import make_instances, pearson_loss
-    from at2_rag.research.outcomes import training_record
 
     inst = make_instances([training_record(*r) for r in rows], "answer")
     torch.manual_seed(seed)

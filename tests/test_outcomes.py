@@ -25,6 +25,7 @@ from at2_rag.research.evaluation.offline import (
     leave_one_out,
     sign_test,
 )
+from at2_rag.research.features import training_record, with_features
 from at2_rag.research.outcomes import (
     generate_outcomes,
     merge_outcomes,
@@ -32,9 +33,7 @@ from at2_rag.research.outcomes import (
     read_outcomes,
     set_masks,
     set_targets,
-    training_record,
     unpack_masks,
-    with_features,
 )
 
 

@@ -2,7 +2,7 @@
 
 Each stage keeps its output in a work folder (outcome shards, cached features), so an interrupted
 run resumes where it stopped; the stages are also callable on their own
-(:func:`~at2_rag.research.outcomes.generate_outcomes`, :func:`~at2_rag.research.outcomes.cached_features`,
+(:func:`~at2_rag.research.outcomes.generate_outcomes`, :func:`~at2_rag.research.features.cached_features`,
 :func:`fit_outcomes`, :func:`holdout_lds`).
 """
 
@@ -18,9 +18,10 @@ from ..attributor import AT2Attributor
 from ..errors import InputError
 from ..estimator import Estimator, ModelIdentity
 from .evaluation.metrics import lds, mean_and_stderr
+from .features import cached_features, training_record
 from .fitting import fit_estimator, make_instances
 from .options import at_least
-from .outcomes import cached_features, generate_outcomes, read_outcomes, set_masks, set_targets, training_record
+from .outcomes import generate_outcomes, read_outcomes, set_masks, set_targets
 
 Row = tuple[dict[str, Any], torch.Tensor, torch.Tensor]
 """An outcome record with its span features ``(L, H, spans, S)`` and question-row features ``(L, H, S)``."""
