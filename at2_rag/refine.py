@@ -4,7 +4,7 @@ ContextCite fits a linear surrogate ``y(v) ≈ b + Σ_s w_s v_s`` to many random
 a few, that regression is underdetermined; here AT2's scores ``a`` are its prior: the scale ``c`` of
 ``c·a`` (and the intercept) are fitted first, then ridge regression pulls ``w`` away from ``c·a``
 only as far as the ablations demand. ``strength`` is the ridge penalty per ablation (larger keeps
-``w`` nearer the prior); its default was chosen on validation questions (README, results §7).
+``w`` nearer the prior); its default was chosen on held-out training questions (README, RESULTS.md §7).
 """
 
 from __future__ import annotations

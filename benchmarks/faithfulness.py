@@ -148,7 +148,7 @@ def select(args) -> None:
     for n in (2, 4, 8):
         for s in STRENGTHS:
             def score(rec, f, m, y, s=s):
-                prior = torch.einsum("lhs,lh->s", f, best).to(torch.float64)
+                prior = linear(best)(rec, f, m, y)
                 full = torch.ones(1, m.shape[1], dtype=torch.bool)
                 base = torch.tensor(rec["base"][-1:], dtype=torch.float64)
                 return refine_scores(prior, torch.cat([full, m]), torch.cat([base, y]), strength=s)
@@ -159,8 +159,7 @@ def select(args) -> None:
         report(f"contextcite:{n} (same {n} masks)", holdout_lds(
             lambda rec, f, m, y: torch.from_numpy(fit_surrogate(m.numpy(), y.numpy(), len(rec["answer_ids"]))[0]),
             held, n_refit=n), n=n)
-        report(f"at2 (same held-out masks as at2+{n})", holdout_lds(
-            lambda rec, f, m, y: torch.einsum("lhs,lh->s", f, best).to(torch.float64), held, n_refit=n), n=n)
+        report(f"at2 (same held-out masks as at2+{n})", holdout_lds(linear(best), held, n_refit=n), n=n)
     chosen = {n: max(STRENGTHS, key=lambda s: refine[(n, s)]) for n in (2, 4, 8)}
     print("chosen strengths:", chosen)
     OUT.mkdir(exist_ok=True)
