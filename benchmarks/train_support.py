@@ -16,50 +16,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 
-import numpy as np
 import torch
 
 from at2_rag.estimator import Estimator
-from at2_rag.pruning import standardized
-from at2_rag.research.fitting import fit_estimator, make_instances, mask_predictions, pearson_loss
+from at2_rag.research.fitting import fit_estimator, make_instances
 from at2_rag.research.shards import load_records
+from at2_rag.research.support_fit import fit_rank_weight, gold_first, support_pearson
 
 STEPS = 1000
-
-
-def scores(weights: torch.Tensor, record, calibrated: bool) -> np.ndarray:
-    t = record[0]
-    x = t["query"] - t["query_null"] if calibrated else t["query"]
-    return torch.einsum("lhs,lh->s", x, weights).numpy()
-
-
-def gold_first(records, weights, calibrated, order) -> tuple[float, int]:
-    rows = [r for r in records if r[1]["k"] == 10 and r[1]["order"] == order and r[1]["gold_positions"]]
-    hits = sum(int(np.argmax(scores(weights, r, calibrated))) in r[1]["gold_positions"] for r in rows)
-    return hits / len(rows), len(rows)
-
-
-def fit_rank_weight(records, weights, calibrated) -> dict:
-    """Logistic regression of "is the gold passage" on (z-scored score, log(1 + rank)), Newton steps."""
-    X, y = [], []
-    for t, m in records:
-        if m["k"] != 10 or not m["gold_positions"]:
-            continue
-        z = standardized(scores(weights, (t, m), calibrated).tolist())
-        for i, zi in enumerate(z):
-            X.append([zi, math.log1p(m["retriever_ranks"][i]), 1.0])
-            y.append(float(i in m["gold_positions"]))
-    X, y = np.array(X), np.array(y)
-    w = np.zeros(3)
-    for _ in range(50):
-        p = 1 / (1 + np.exp(-X @ w))
-        grad = X.T @ (p - y)
-        hess = (X * (p * (1 - p))[:, None]).T @ X + 1e-6 * np.eye(3)
-        w -= np.linalg.solve(hess, grad)
-    return {"coef_score": float(w[0]), "coef_log_rank": float(w[1]), "intercept": float(w[2]),
-            "rank_weight": float(-w[1] / w[0]), "instances": int(len(y))}
 
 
 def main() -> None:
@@ -88,10 +53,9 @@ def main() -> None:
         for calibrated in (False, True):
             if name.startswith("support") and calibrated != name.endswith("(calibrated)"):
                 continue
-            va = make_instances(val, "query", calibrated=calibrated)
-            row = {"val_pearson": -float(pearson_loss(mask_predictions(weights.flatten(), va.features, va.signs), va.targets))}
+            row = {"val_pearson": support_pearson(weights, val, calibrated)}
             for order in ("retriever", "shuffled"):
-                row[f"gold_first_{order}"], row["n"] = gold_first(val, weights, calibrated, order)
+                row[f"gold_first_{order}"], row["n"] = gold_first(val, weights, calibrated, k=10, order=order)
             report["methods"][f"{name}{', calibrated' if calibrated and not name.startswith('support') else ''}"] = row
     for order in ("retriever", "shuffled"):
         rows = [m for _, m in val if m["k"] == 10 and m["order"] == order and m["gold_positions"]]
@@ -99,7 +63,7 @@ def main() -> None:
             sum(0 in [m["retriever_ranks"][p] for p in m["gold_positions"]] for m in rows) / len(rows))
     calibrated = fitted[True][1] > fitted[False][1]
     weights, val_pearson, n_inst = fitted[calibrated]
-    fusion = fit_rank_weight(train, weights, calibrated)
+    fusion = fit_rank_weight(train, weights, calibrated, k=10)
     report["chosen"] = {"calibration": "content-free" if calibrated else None, "val_pearson": val_pearson,
                         "fusion": fusion}
     est = Estimator(

@@ -190,7 +190,7 @@ def test_committed_outcomes_features_recompute_to_the_stored_ones(attributor):
         torch.testing.assert_close(query, stored[f"{i}.query"], atol=1e-5, rtol=1e-4)
 
 
-def test_fit_model_command_goes_from_a_model_folder_to_an_estimator_and_resumes(setup, tmp_path, capsys):
+def test_fit_model_command_goes_from_a_model_folder_to_three_estimators_and_resumes(setup, tmp_path, capsys):
     from at2_rag.app import cli
     from at2_rag.estimator import Estimator
 
@@ -203,11 +203,36 @@ def test_fit_model_command_goes_from_a_model_folder_to_an_estimator_and_resumes(
     est = Estimator.load(tmp_path / "est.safetensors")
     assert est.kind == "answer" and est.recipe["holdout_examples"] >= 1
     assert est.recipe["data"]["kind"] == "train" and "holdout_lds" in est.recipe
-    shards = sorted((tmp_path / "work" / "outcomes").glob("shard-*.jsonl.gz"))
+    query = Estimator.load(tmp_path / "est-query.safetensors")
+    assert query.kind == "query" and query.calibration is None and "holdout_lds" in query.recipe
+    assert not torch.equal(query.weights, est.weights)  # question rows, not answer rows
+    support = Estimator.load(tmp_path / "est-support.safetensors")
+    assert support.kind == "query" and support.recipe["target"] == "reference answer (support)"
+    assert support.recipe["data"]["kind"] == "support" and "rank_weight" in support.recipe["fusion"]
+    assert support.calibration in (None, "content-free") and "holdout_pearson" in support.recipe
+    shards = sorted((tmp_path / "work").glob("*/shard-*"))
+    assert {p.parent.name for p in shards} == {"outcomes", "features", "support"}
     stamps = [p.stat().st_mtime_ns for p in shards]
-    assert cli.main(argv) == 0  # resumes: the outcome shards are kept, not remade
+    assert cli.main(argv) == 0  # resumes: outcome and support shards and feature caches are kept, not remade
     assert [p.stat().st_mtime_ns for p in shards] == stamps
-    assert "held-out LDS" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "answer: held-out LDS" in out and "query: held-out LDS" in out and "support: held-out Pearson" in out
+
+
+def test_fit_model_refuses_bad_kinds_and_support_without_reference_answers(setup, tmp_path, capsys):
+    from at2_rag.app import cli
+    from at2_rag.research.fit_model import fit_model
+
+    att, _, examples = setup
+    base = ["fit-model", "--data", "x.jsonl", "--out", str(tmp_path / "e.safetensors")]
+    for bad in ("answer,nope", "answer,answer", ","):
+        with pytest.raises(SystemExit):
+            cli.main(base + ["--kinds", bad])
+        assert "--kinds" in capsys.readouterr().err
+    no_refs = write_jsonl(tmp_path / "no-refs.jsonl", [{**e, "answers": []} for e in examples.values()])
+    with pytest.raises(InputError, match="reference answer"):
+        fit_model(att, no_refs, tmp_path / "e.safetensors", tmp_path / "work", kinds=("answer", "support"))
+    assert not (tmp_path / "work").exists()  # refused before any stage ran
 
 
 def test_attributor_refine_adds_n_plus_one_passes_and_is_deterministic(setup):

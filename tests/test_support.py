@@ -238,3 +238,79 @@ def test_retrieval_rank_metadata_replaces_the_input_order(attributor):
     # A dominant rank weight keeps the retriever's best document in either order.
     assert forward.documents[forward.kept[0]].text == backward.documents[backward.kept[0]].text == texts[0]
     assert Pruner(attributor, rank_weight=50.0).prune(q, texts[::-1]).kept == [0]  # no metadata: the order
+
+
+def _support_records(n: int, seed: int = 0):
+    """Synthetic support records: question-row features, gold positions that follow the features."""
+    g = torch.Generator().manual_seed(seed)
+    recs = []
+    for i in range(n):
+        k = 6
+        q = torch.rand(2, 3, k, generator=g)
+        gold = int(torch.argmax(q[0, 0] + 0.5 * torch.rand(k, generator=g)))
+        ranks = torch.randperm(k, generator=g).tolist()
+        recs.append(({"query": q, "query_null": q * 0.5}, {"id": f"e{i}", "k": k, "order": "shuffled",
+                                                           "gold_positions": [gold], "retriever_ranks": ranks}))
+    return recs
+
+
+def test_rank_weight_fit_matches_an_independent_logistic_fit():
+    """Newton steps against L-BFGS on the same log-likelihood, the design built with numpy."""
+    from at2_rag.research.support_fit import fit_rank_weight
+
+    recs = _support_records(60)
+    weights = torch.rand(2, 3, generator=torch.Generator().manual_seed(1))
+    got = fit_rank_weight(recs, weights, calibrated=False)
+    X, y = [], []
+    for t, m in recs:
+        s = np.einsum("lhs,lh->s", t["query"].numpy(), weights.numpy())
+        z = (s - s.mean()) / s.std()
+        X += [[zi, np.log1p(r)] for zi, r in zip(z, m["retriever_ranks"])]
+        y += [float(i in m["gold_positions"]) for i in range(len(z))]
+    X, y = torch.tensor(X, dtype=torch.float64), torch.tensor(y, dtype=torch.float64)
+    w = torch.zeros(2, dtype=torch.float64, requires_grad=True)
+    b = torch.zeros(1, dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([w, b], max_iter=500, tolerance_grad=1e-12, tolerance_change=1e-14)
+
+    def closure():
+        opt.zero_grad()
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(X @ w + b, y, reduction="sum")
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    w, b = w.detach(), b.detach()
+    assert got["coef_score"] == pytest.approx(float(w[0]), abs=1e-4)
+    assert got["coef_log_rank"] == pytest.approx(float(w[1]), abs=1e-4)
+    assert got["intercept"] == pytest.approx(float(b[0]), abs=1e-4)
+    assert got["rank_weight"] == pytest.approx(max(0.0, -float(w[1] / w[0])), abs=1e-4)
+    assert got["instances"] == 60 * 6
+    # records of another k are left out when k is given; none with a gold document: no rank term
+    assert fit_rank_weight(recs, weights, calibrated=False, k=10) == {"rank_weight": 0.0, "instances": 0}
+
+
+@pytest.mark.skipif(not SUPPORT_DATA.exists(), reason="support data not present")
+def test_rank_weight_on_committed_support_data_reproduces_the_shipped_fusion():
+    from at2_rag.research.support_fit import fit_rank_weight
+
+    est = Estimator.load("default-support")
+    got = fit_rank_weight(load_records(SUPPORT_DATA / "train"), est.weights, calibrated=False, k=10)
+    for key in ("coef_score", "coef_log_rank", "intercept", "rank_weight", "instances"):
+        assert got[key] == pytest.approx(est.recipe["fusion"][key], rel=1e-3), key
+
+
+def test_fit_support_keeps_the_calibration_that_predicts_held_out_targets_better():
+    from at2_rag.research.support_fit import fit_support, support_pearson
+
+    recs = _support_records(40)
+    g = torch.Generator().manual_seed(2)
+    for t, _ in recs:  # targets follow the calibrated features (raw minus content-free) of head (0, 0)
+        t["query_null"] = torch.rand(t["query"].shape, generator=g)
+        t["masks"] = (torch.rand(8, 6, generator=g) < 0.5).to(torch.uint8)
+        x = (t["query"] - t["query_null"])[0, 0]
+        t["targets"] = (t["masks"].float() @ x)[:, None].double()
+    weights, calibration, report = fit_support(recs[:30], recs[30:], log=None)
+    assert calibration == "content-free" and weights.shape == (2, 3)
+    assert report["holdout_pearson"] == pytest.approx(support_pearson(weights, recs[30:], True))
+    assert report["holdout_pearson"] > report["holdout_pearson_other_calibration"]
+    assert report["holdout_pearson"] > 0.8 and report["holdout_gold_records"] == 10

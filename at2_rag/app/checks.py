@@ -42,6 +42,9 @@ masks_count = _argument(int, lambda name, value: options.mask_count(value), "a w
 """Random ablations: a correlation across masks needs at least two (the research rule)."""
 open_fraction = _argument(float, options.open_fraction, "a number between 0 and 1")
 """argparse type: a keep probability, strictly between 0 and 1."""
+estimator_kinds = _argument(lambda text: tuple(k.strip() for k in text.split(",") if k.strip()),
+                            lambda name, value: options.estimator_kinds(value), "a comma-separated list")
+"""argparse type: estimator kinds, e.g. ``answer,query,support``."""
 
 
 def input_file(path: str, what: str) -> Path:

@@ -10,6 +10,7 @@ import sys
 from ..files import json_safe
 from .checks import (
     estimator_file,
+    estimator_kinds,
     input_file,
     kept_chunks,
     masks_count,
@@ -227,8 +228,9 @@ def cmd_fit_model(args) -> int:
         ray = dict(model=args.model, address=args.ray, workers=args.ray_workers,
                    gpus_per_worker=args.ray_gpus_per_worker, device=args.device, dtype=args.dtype)
     fit_model(
-        _attributor(args), args.data, args.out, args.work, k=args.k, limit=args.limit, n_masks=args.masks,
-        max_new_tokens=args.max_new_tokens, holdout=args.holdout, max_batch_tokens=args.max_batch_tokens, ray=ray,
+        _attributor(args), args.data, args.out, args.work, kinds=args.kinds, k=args.k, limit=args.limit,
+        n_masks=args.masks, max_new_tokens=args.max_new_tokens, holdout=args.holdout,
+        max_batch_tokens=args.max_batch_tokens, support_limit=args.support_limit, ray=ray,
     )
     return 0
 
@@ -352,10 +354,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_ray_args(p)
     p.set_defaults(func=cmd_train_data)
 
-    p = _command(sub, "fit-model", "train an answer estimator for your model in one command (resumable)")
+    p = _command(sub, "fit-model", "train the estimators for your model in one command (resumable)")
     _add_model_args(p)
     p.add_argument("--data", required=True, help="JSONL(.gz) in at2-rag's format; its train split is used")
-    p.add_argument("--out", required=True, help="the estimator file to write (.safetensors)")
+    p.add_argument("--out", required=True,
+                   help="the answer estimator file to write (.safetensors); the query and support estimators "
+                        "go beside it as <name>-query.safetensors and <name>-support.safetensors")
+    p.add_argument("--kinds", type=estimator_kinds, default="answer,query,support",
+                   help="estimators to fit, comma-separated: answer and query share the ablation outcomes; "
+                        "support needs reference answers in the data and its own ablations")
     p.add_argument("--work", default="at2-fit-work",
                    help="folder for the resumable stages (ablation outcomes, cached features)")
     p.add_argument("--limit", type=positive_int, default=None, help="use at most this many train examples (all)")
@@ -366,6 +373,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fraction of the examples kept out of the fit to report its LDS")
     p.add_argument("--max-batch-tokens", type=positive_int, default=16384,
                    help="tokens per batched forward pass of the ablation engine (raise on a large GPU)")
+    p.add_argument("--support-limit", type=positive_int, default=None,
+                   help="use at most this many train examples for the support estimator (--limit)")
     _add_ray_args(p)
     p.set_defaults(func=cmd_fit_model)
 

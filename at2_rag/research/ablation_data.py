@@ -78,6 +78,11 @@ SUPPORT_ORDERS = ("retriever", "shuffled")
 """Document orders of support data: as retrieved (best first), or shuffled from the example id."""
 
 
+def reference_answers(example: dict[str, Any]) -> list[str]:
+    """The example's non-empty reference answers (what support data teacher-forces)."""
+    return [a for a in example.get("answers") or [] if isinstance(a, str) and a.strip()]
+
+
 def support_documents(example: dict[str, Any], k: int, order: str, seed: int = 0) -> list[dict[str, Any]]:
     """The first ``k`` retrieved documents in retriever order, or shuffled (see ``shuffled_documents``)."""
     if order not in SUPPORT_ORDERS:
@@ -104,7 +109,7 @@ def build_support_record(
     documents make the model produce the right answer (support), not which ones it happened to use.
     None when the example has no reference answer.
     """
-    answers = [a for a in example.get("answers") or [] if isinstance(a, str) and a.strip()]
+    answers = reference_answers(example)
     if not answers:
         return None
     docs = support_documents(example, k, order, seed)
@@ -254,5 +259,6 @@ __all__ = [
     "example_seed",
     "generate_support_data",
     "generate_training_data",
+    "reference_answers",
     "support_documents",
 ]

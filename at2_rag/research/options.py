@@ -36,4 +36,19 @@ def mask_count(n_masks: object) -> int:
     return at_least("n_masks", n_masks, 2, " (a correlation across masks needs two)")
 
 
-__all__ = ["at_least", "mask_count", "open_fraction", "optional_limit"]
+ESTIMATOR_KINDS = ("answer", "query", "support")
+"""Estimators ``fit-model`` makes: ``answer`` (the model's answer rows; citations, draft pruning),
+``query`` (question rows against the model's own answer) and ``support`` (question rows against
+reference answers; what pruning uses by default)."""
+
+
+def estimator_kinds(kinds: object) -> tuple[str, ...]:
+    """``kinds`` as a tuple of distinct names among :data:`ESTIMATOR_KINDS`, at least one; else InputError."""
+    got = (kinds,) if isinstance(kinds, str) else tuple(kinds)  # type: ignore[arg-type]
+    if not got or len(set(got)) != len(got) or any(k not in ESTIMATOR_KINDS for k in got):
+        shown = ", ".join(map(str, got)) or "none"
+        raise InputError(f"kinds must be distinct names among {', '.join(ESTIMATOR_KINDS)}, got {shown}")
+    return got
+
+
+__all__ = ["ESTIMATOR_KINDS", "at_least", "estimator_kinds", "mask_count", "open_fraction", "optional_limit"]
