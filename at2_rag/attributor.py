@@ -203,7 +203,8 @@ class AT2Attributor:
 
     def refine(self, attribution: Attribution, n_ablations: int = 8, **kwargs) -> Attribution:
         """AT2 + ``n_ablations`` ablations: ``attribution`` sharpened by a few ablated passes of this
-        model (see :func:`at2_rag.refine.refine_attribution`; ``n_ablations + 1`` extra passes)."""
+        model (see :func:`at2_rag.refine.refine_attribution`: ``design``, ``strength``; at most
+        ``n_ablations + 1`` extra passes)."""
         from .refine import refine_attribution
 
         return refine_attribution(self.model, attribution, n_ablations, **kwargs)

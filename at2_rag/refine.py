@@ -4,7 +4,11 @@ ContextCite fits a linear surrogate ``y(v) ≈ b + Σ_s w_s v_s`` to many random
 a few, that regression is underdetermined; here AT2's scores ``a`` are its prior: the scale ``c`` of
 ``c·a`` (and the intercept) are fitted first, then ridge regression pulls ``w`` away from ``c·a``
 only as far as the ablations demand. ``strength`` is the ridge penalty per ablation (larger keeps
-``w`` nearer the prior); its default was chosen on held-out training questions (README, RESULTS.md §7).
+``w`` nearer the prior). Which passes to spend (``design``): ``"top"`` leaves out, one at a time, the N
+sources the prior ranks highest (measuring the effects that dominate the answer), ``"random"`` drops
+each source with probability 0.5 in N masks (ContextCite's design), and ``"mixed"`` spends half on
+each. The default design and its strength were chosen on held-out training questions (README,
+RESULTS.md §7).
 """
 
 from __future__ import annotations
@@ -21,10 +25,40 @@ from .seeds import stable_hash
 if TYPE_CHECKING:
     from .results import Attribution
 
-DEFAULT_STRENGTH = 0.3
+DESIGNS = ("top", "mixed", "random")
+"""Ablation designs of AT2 + N (see the module docstring)."""
+
+DEFAULT_DESIGN = "top"
+DEFAULT_STRENGTH = {"top": 0.01, "mixed": 0.03, "random": 0.3}
+"""The ridge strength of each design, chosen on held-out training questions (RESULTS.md §7)."""
 
 
-def refine_scores(prior: torch.Tensor, masks: torch.Tensor, targets: torch.Tensor, *, strength: float = DEFAULT_STRENGTH) -> torch.Tensor:
+def design_split(n_ablations: int, design: str) -> tuple[int, int]:
+    """How many of ``n_ablations`` passes leave out one top source, and how many are random masks."""
+    if design not in DESIGNS:
+        raise InputError(f"design must be one of {', '.join(DESIGNS)}, got {design!r}")
+    n_top = {"top": n_ablations, "random": 0, "mixed": n_ablations // 2}[design]
+    return n_top, n_ablations - n_top
+
+
+def ablation_masks(
+    prior: torch.Tensor, n_ablations: int, design: str = DEFAULT_DESIGN, *, seed: int = 0,
+    random: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``(passes, S)`` keep-masks of AT2 + N: row 0 keeps every source (the unablated answer), then the
+    design's top rows — each of the highest-prior sources left out alone (ties broken by position; at
+    most one per source) — then its random rows, keeping each source with probability 0.5 (drawn from
+    ``seed``, or the first rows of ``random`` when given, e.g. an evaluation's fixed mask sequence)."""
+    n_top, n_random = design_split(n_ablations, design)
+    n_src = prior.shape[0]
+    top = torch.argsort(prior, descending=True, stable=True)[:n_top]
+    left_out = torch.ones(len(top), n_src, dtype=torch.bool)
+    left_out[torch.arange(len(top)), top] = False
+    rand = random_masks(n_random, n_src, 0.5, seed=seed) if random is None else random[:n_random]
+    return torch.cat([torch.ones(1, n_src, dtype=torch.bool), left_out, rand.to(torch.bool)])
+
+
+def refine_scores(prior: torch.Tensor, masks: torch.Tensor, targets: torch.Tensor, *, strength: float) -> torch.Tensor:
     """Scores ``(S,)`` from prior scores ``(S,)``, keep-masks ``(n, S)`` and their targets ``(n,)``.
 
     Minimises ``‖y − b − Xw‖² + strength·n·‖w − c·a‖²`` over ``w`` and ``b`` after fitting ``c ≥ 0``
@@ -51,23 +85,23 @@ def refine_scores(prior: torch.Tensor, masks: torch.Tensor, targets: torch.Tenso
 
 
 def refine_attribution(
-    model, attribution: Attribution, n_ablations: int = 8, *, strength: float = DEFAULT_STRENGTH,
-    seed: int = 0, batch_size: int = 8,
+    model, attribution: Attribution, n_ablations: int = 8, *, design: str = DEFAULT_DESIGN,
+    strength: float | None = None, seed: int = 0, batch_size: int = 8,
 ) -> Attribution:
     """``attribution`` with its scores (whole answer and each answer sentence) refined by
-    ``n_ablations`` random ablations plus the unablated answer (``n_ablations + 1`` passes).
+    ``n_ablations`` ablated passes plus the unablated answer (:func:`ablation_masks`; at most
+    ``n_ablations + 1`` passes, since a source is left out alone at most once).
 
-    The masks are drawn from the answer and ``seed``, so the same call gives the same scores.
+    ``strength`` defaults to the design's (:data:`DEFAULT_STRENGTH`). The masks follow from the
+    whole answer's scores and from the answer and ``seed``, so the same call gives the same scores;
+    every answer sentence is refined from the same passes.
     """
     if isinstance(n_ablations, bool) or not isinstance(n_ablations, int) or n_ablations < 2:
-        raise InputError(f"n_ablations must be an integer >= 2 (random ablated passes), got {n_ablations!r}")
+        raise InputError(f"n_ablations must be an integer >= 2 (ablated passes), got {n_ablations!r}")
     if not attribution.answer_ids:
         raise InputError("the attribution has no answer tokens: there is nothing to refine")
-    n_src = len(attribution.prompt.sources)
-    masks = torch.cat([
-        torch.ones(1, n_src, dtype=torch.bool),
-        random_masks(n_ablations, n_src, 0.5, seed=stable_hash(seed, *attribution.answer_ids)),
-    ])
+    masks = ablation_masks(attribution.scores, n_ablations, design, seed=stable_hash(seed, *attribution.answer_ids))
+    strength = DEFAULT_STRENGTH[design] if strength is None else strength
     logp = answer_token_logprobs(model, attribution.prompt, attribution.answer_ids, masks, batch_size=batch_size)
     spans = [range(len(attribution.answer_ids))] + [s.tokens for s in attribution.sentences]
     y = span_targets(logp, spans)  # (1 + n, 1 + sentences)
@@ -79,8 +113,11 @@ def refine_attribution(
     ]
     return dataclasses.replace(
         attribution, scores=scores, sentences=sentences, method=f"{attribution.method}+{n_ablations}",
-        extra_forward_passes=attribution.extra_forward_passes + n_ablations + 1,
+        extra_forward_passes=attribution.extra_forward_passes + masks.shape[0],
     )
 
 
-__all__ = ["DEFAULT_STRENGTH", "refine_attribution", "refine_scores"]
+__all__ = [
+    "DEFAULT_DESIGN", "DEFAULT_STRENGTH", "DESIGNS", "ablation_masks", "design_split", "refine_attribution",
+    "refine_scores",
+]

@@ -1,13 +1,19 @@
 """Faithfulness from the committed ablation outcomes (``benchmarks/data/outcomes``), on this CPU.
 
-    python benchmarks/faithfulness.py select   # choices on held-out training questions (no test data read)
-    python benchmarks/faithfulness.py test --estimator FILE --strength S   # the test tables, run once
+    python benchmarks/faithfulness.py select       # choices on held-out training questions (no test data read)
+    python benchmarks/faithfulness.py holdout-loo  # leave-one-out passes for the design choice (CPU, ~25 min)
+    python benchmarks/faithfulness.py designs      # AT2+N's ablation design and strength, on the same questions
+    python benchmarks/faithfulness.py test [--estimator FILE]   # the test tables, run once
 
-``select``: the learning curve, recipe and estimator-form ablations, and AT2+N's ridge strength, all
-scored by LDS on the last ``--holdout`` questions of the ``train-k5`` outcomes (their 32 masks and
-whole-answer targets), which no fit sees. ``test``: AT2, AT2+N, ContextCite-N, leave-one-out and
-average attention on the test outcomes at k = 5 and 10, paired sign tests, and the LDS-vs-passes plot.
-Features are recomputed once (one pass per question) and cached under ``data/features``.
+``select``: the learning curve, recipe and estimator-form ablations, and AT2+N's ridge strength with
+random masks, all scored by LDS on the last ``--holdout`` questions of the ``train-k5`` outcomes (their
+32 masks and whole-answer targets), which no fit sees. ``holdout-loo`` measures, for those questions,
+the answer with each of the shipped estimator's 8 highest sources left out
+(``benchmarks/data/outcomes/train-k5-holdout-loo.jsonl``, resumable); ``designs`` compares AT2+N's
+two ablation designs (:mod:`at2_rag.refine`) on them. ``test``: AT2, AT2+N in both designs,
+ContextCite-N, leave-one-out and average attention on the test outcomes at k = 5 and 10, paired sign
+tests, and the LDS-vs-passes plot. Features are recomputed once (one pass per question) and cached
+under ``data/features``.
 """
 
 from __future__ import annotations
@@ -24,6 +30,9 @@ ROOT = Path(__file__).resolve().parents[1]
 OUTCOMES = ROOT / "benchmarks" / "data" / "outcomes"
 OUT = ROOT / "benchmarks" / "out"
 STRENGTHS = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0)
+DESIGN_STRENGTHS = (0.001, 0.003) + STRENGTHS  # the designs with left-out sources prefer weak shrinkage
+HOLDOUT_LOO = OUTCOMES / "train-k5-holdout-loo.jsonl"
+TOP = 8  # sources left out one at a time per held-out question: enough for AT2+N up to N = 8
 
 
 def load(name: str, data: str, shards: int | None = None) -> list:
@@ -173,6 +182,90 @@ def select(args) -> None:
                "chosen_strength": chosen}, open(OUT / "faithfulness-select.json", "w"), indent=1)
 
 
+def holdout_loo(args) -> None:
+    """The whole answer's target with each of the shipped prior's TOP highest sources left out, for the
+    held-out questions; one JSON line per question, appended (a rerun resumes)."""
+    from at2_rag import AT2Attributor, Estimator
+    from at2_rag.ablation import span_targets
+    from at2_rag.refine import ablation_masks
+    from at2_rag.research.data import read_selection
+    from at2_rag.research.engine import ablated_passes, answer_logprobs
+
+    held = load("train-k5", args.data)[-args.holdout :]
+    done = {json.loads(line)["id"] for line in HOLDOUT_LOO.open()} if HOLDOUT_LOO.exists() else set()
+    att = AT2Attributor.from_pretrained()
+    est = Estimator.load("default")
+    examples = {e["id"]: e for e in read_selection(args.data, "train", None, "raise")}
+    t = time.perf_counter()
+    for n, (rec, feats, _) in enumerate(held):
+        if rec["id"] in done:
+            continue
+        ex = examples[rec["id"]]
+        by_id = {d["id"]: d for d in ex["documents"]}
+        prompt = att.prompt(ex["question"], [by_id[i] for i in rec["document_ids"]], "sentence")
+        assert [[s.token_start, s.token_end] for s in prompt.sources] == rec["sources"]
+        masks = ablation_masks(est.source_scores(feats[:, :, -1]), TOP, "top")
+        logp = answer_logprobs(att.model, ablated_passes(prompt, rec["answer_ids"], masks), max_batch_tokens=8192)
+        y = span_targets(torch.stack(logp), [range(len(rec["answer_ids"]))])[:, 0]
+        top = (~masks[1:]).int().argmax(dim=1).tolist()
+        with HOLDOUT_LOO.open("a") as fh:
+            fh.write(json.dumps({"id": rec["id"], "base": float(y[0]), "top": top, "loo": y[1:].tolist()}) + "\n")
+        if n % 20 == 0:
+            print(f"{n}/{len(held)} questions, {time.perf_counter() - t:.0f} s", flush=True)
+
+
+def designs(args) -> None:
+    """AT2+N's ablation designs (random masks, the prior's top sources left out one at a time, half of
+    each) per N and strength, on the held-out questions (prior: the shipped estimator; random rows: the
+    first training masks; LDS on masks N..31 for every design, so all are paired)."""
+    from at2_rag import Estimator
+    from at2_rag.refine import DESIGNS, ablation_masks, design_split, refine_scores
+    from at2_rag.research.evaluation.metrics import mean_and_stderr
+    from at2_rag.research.evaluation.offline import sign_test
+    from at2_rag.research.fit_model import holdout_lds
+
+    loo = {d["id"]: d for d in map(json.loads, HOLDOUT_LOO.open())}
+    held = [r for r in load("train-k5", args.data)[-args.holdout :] if r[0]["id"] in loo]
+    est = Estimator.load("default")
+    results, per = {}, {}
+
+    def scorer(n, s, design):
+        _, n_random = design_split(n, design)
+
+        def score(rec, f, m, y):
+            prior = est.source_scores(f).to(torch.float64)
+            d = loo[rec["id"]]
+            masks = ablation_masks(prior, n, design, random=m)
+            top = (~masks[1 : masks.shape[0] - n_random]).int().argmax(dim=1).tolist()
+            assert top == d["top"][: len(top)]  # the prior's top sources, as measured
+            y_all = torch.tensor([d["base"]] + d["loo"][: len(top)], dtype=torch.float64)
+            return refine_scores(prior, masks, torch.cat([y_all, y[:n_random]]), strength=s)
+        return score
+
+    print(f"{len(held)} held-out questions")
+    for n in (4, 8):
+        per[(n, "at2")] = holdout_lds(lambda rec, f, m, y: est.source_scores(f).to(torch.float64), held, n_refit=n)
+        for design in DESIGNS:
+            for s in DESIGN_STRENGTHS:
+                values = holdout_lds(scorer(n, s, design), held, n_refit=n)
+                per[(n, design, s)] = values
+                mean, se = mean_and_stderr(values)
+                results[f"at2+{n} {design} strength {s}"] = {"n": n, "design": design, "strength": s, "lds": mean, "stderr": se}
+                print(f"at2+{n:<2} {design:<6} strength {s:<5} LDS {mean:.3f} ± {se:.3f}", flush=True)
+    chosen = {}
+    for n in (4, 8):
+        best = {d: max(DESIGN_STRENGTHS, key=lambda s: results[f"at2+{n} {d} strength {s}"]["lds"]) for d in DESIGNS}
+        chosen[n] = {"best_strength": best}
+        for d in ("mixed", "top"):
+            w, lo, p = sign_test(per[(n, d, best[d])], per[(n, "random", best["random"])])
+            chosen[n][f"{d}_vs_random"] = {"wins": w, "losses": lo, "p": p}
+            print(f"N = {n}: {d} vs random, each at its best strength ({best[d]}, {best['random']}): {w}-{lo}, "
+                  f"sign-test p = {p:.2g}")
+    OUT.mkdir(exist_ok=True)
+    json.dump({"questions": len(held), "results": results, "chosen": chosen},
+              open(OUT / "faithfulness-designs.json", "w"), indent=1)
+
+
 def test(args) -> None:
     from at2_rag import Estimator
     from at2_rag.research.evaluation.offline import (
@@ -184,6 +277,8 @@ def test(args) -> None:
         sign_test,
     )
 
+    from at2_rag.refine import DEFAULT_STRENGTH, DESIGNS
+
     est = Estimator.load(args.estimator)
     shipped = Estimator.load("default")
     out = {}
@@ -193,7 +288,7 @@ def test(args) -> None:
         methods = [at2(est), at2(Estimator(torch.ones_like(est.weights), est.model, "answer"), "avg_attention")]
         if args.estimator != "default":
             methods.append(at2(shipped, "at2 (previous estimator)"))
-        methods += [at2_refined(est, n, args.strength) for n in (2, 4, 8)]
+        methods += [at2_refined(est, n, DEFAULT_STRENGTH[d], design=d) for d in DESIGNS for n in (2, 4, 8)]
         methods += [contextcite(n) for n in (8, 16, 32, 64)] + [leave_one_out()]
         res = evaluate_offline(records, feats, methods)
         out[k] = res
@@ -202,7 +297,8 @@ def test(args) -> None:
         for name, r in res.items():
             print(f"  {name:<28} LDS {r['lds']:.3f} ± {r['stderr']:.3f}   passes {r['passes']:.1f}")
         for a, b in (("at2", "contextcite:16"), ("at2", "contextcite:32"), ("at2+8", "contextcite:32"),
-                     ("at2+8", "contextcite:16"), ("at2+4", "contextcite:16")):
+                     ("at2+8", "contextcite:16"), ("at2+4", "contextcite:16"), ("at2+8", "at2+8:random"),
+                     ("at2+4", "at2+4:random"), ("at2+8", "at2+8:mixed"), ("at2+8:random", "contextcite:16")):
             w, lo, p = sign_test(res[a]["per_record"], res[b]["per_record"])
             print(f"  paired {a} vs {b}: {w} wins, {lo} losses, sign-test p = {p:.2g}")
             res[f"paired {a} vs {b}"] = {"wins": w, "losses": lo, "p": p}
@@ -212,25 +308,41 @@ def test(args) -> None:
 
 
 def plot(out: dict, png: Path) -> None:
+    """LDS against extra passes per k: one line per family (AT2 + N by design, ContextCite-N), points
+    for the rest."""
+    import re
+
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+    def family(name: str) -> str:
+        if m := re.fullmatch(r"at2\+\d+(?::(\w+))?", name):
+            return f"AT2 + N ({m.group(1) or 'top, default'})"
+        return "ContextCite-N" if name.startswith("contextcite:") else name
+
+    styles = {"AT2 + N (top, default)": ("tab:red", "o"), "AT2 + N (mixed)": ("tab:orange", "s"),
+              "AT2 + N (random)": ("tab:pink", "^"), "ContextCite-N": ("tab:blue", "D"), "loo": ("tab:green", "*"),
+              "at2": ("black", "o"), "avg_attention": ("tab:gray", "v")}
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.4), sharey=True)
     for ax, (k, res) in zip(axes, out.items()):
+        groups: dict[str, list] = {}
         for name, r in res.items():
-            if "lds" not in r:
-                continue
-            x = max(r["passes"], 0.5)
-            ax.errorbar(x, r["lds"], yerr=r["stderr"], fmt="o", capsize=3,
-                        label=name if r["passes"] else f"{name} (0 extra)")
+            if "lds" in r:
+                groups.setdefault(family(name), []).append((max(r["passes"], 0.5), r["lds"], r["stderr"]))
+        for fam, pts in groups.items():
+            pts.sort()
+            color, marker = styles.get(fam, ("tab:purple", "x"))
+            label = f"{fam} (0 extra)" if pts[0][0] == 0.5 else ("leave-one-out" if fam == "loo" else fam)
+            ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts], color=color,
+                        marker=marker, capsize=3, linestyle="-" if len(pts) > 1 else "none", label=label)
         ax.set_xscale("log")
         ax.set_title(f"k = {k} documents", fontsize=10)
-        ax.set_xlabel("extra forward passes per question (log)")
+        ax.set_xlabel("extra forward passes per question (log; 0 drawn at 0.5)")
         ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize=7)
     axes[0].set_ylabel("LDS (32 fresh ablations)")
+    axes[1].legend(fontsize=8, loc="lower right")
     fig.suptitle("Faithfulness vs cost, NQ-RAG test split (H200 outcomes, CPU features)", fontsize=10)
     fig.tight_layout()
     fig.savefig(png, dpi=110)
@@ -238,15 +350,14 @@ def plot(out: dict, png: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("stage", choices=("select", "test"))
+    p.add_argument("stage", choices=("select", "holdout-loo", "designs", "test"))
     p.add_argument("--data", default=str(ROOT / "data" / "nq_rag.jsonl.gz"))
     p.add_argument("--holdout", type=int, default=160)
     p.add_argument("--estimator", default="default")
-    p.add_argument("--strength", type=float, default=0.3)
     p.add_argument("--shards", type=int, default=None, help="only the first N train shards (a quick check)")
     args = p.parse_args(argv)
     torch.set_num_threads(2)
-    select(args) if args.stage == "select" else test(args)
+    {"select": select, "holdout-loo": holdout_loo, "designs": designs, "test": test}[args.stage](args)
     return 0
 
 

@@ -81,7 +81,10 @@ def test_make_method_names_and_errors():
     assert make_method("contextcite:64").n == 64
     assert make_method("at2").name == "at2"
     assert make_method("at2+8").name == "at2+8" and make_method("at2+8").n == 8
-    for bad in ("nope", "contextcite:x", "contextcite:0", "loo:3", "at2+1", "at2+x", "at2+4:3"):
+    assert make_method("at2+8").design == "top" and make_method("at2+8:random").design == "random"
+    assert make_method("at2+8:random").name == "at2+8:random" and make_method("at2+8:top").name == "at2+8"
+    assert make_method("at2+8").strength == 0.01 and make_method("at2+8:mixed").name == "at2+8:mixed"
+    for bad in ("nope", "contextcite:x", "contextcite:0", "loo:3", "at2+1", "at2+x", "at2+4:3", "at2+4:best"):
         with pytest.raises(InputError):
             make_method(bad)
 
@@ -115,9 +118,11 @@ def test_leave_one_out_matches_single_ablations(attributor, example):
 
 
 def test_methods_rank_the_gold_sentence_and_report_their_cost(attributor, example):
-    names = ["at2", "avg_attention", "contextcite:16", "embedding", "retriever", "at2+4"]
+    names = ["at2", "avg_attention", "contextcite:16", "embedding", "retriever", "at2+4", "at2+4:random",
+             "at2+8"]
     res = {n: make_method(n).attribute(attributor, example) for n in names}
-    assert [res[n].forward_passes for n in names] == [1, 1, 16, 0, 0, 6]
+    # at2+N: AT2's pass, the unablated answer, N ablations (a source left out alone at most once: 5 here)
+    assert [res[n].forward_passes for n in names] == [1, 1, 16, 0, 0, 6, 6, 7]
     # (at2+4 is only counted here: with 5 sources and 4 ablations the prior's scale can fit to 0, which
     # leaves a plain ridge surrogate of 5 points; its quality is measured in RESULTS §7, not on one toy.)
     for n in ("at2", "contextcite:16", "embedding"):

@@ -13,7 +13,7 @@ from tiny_models import tiny_llama_folder
 from at2_rag import AT2Attributor
 from at2_rag.ablation import answer_token_logprobs, random_masks
 from at2_rag.errors import InputError
-from at2_rag.refine import refine_scores
+from at2_rag.refine import ablation_masks, refine_scores
 from at2_rag.research.data import write_jsonl
 from at2_rag.research.engine import ablated_passes, answer_logprobs
 from at2_rag.research.evaluation.methods import evaluation_seed
@@ -94,10 +94,26 @@ def test_eval_outcomes_hold_what_the_evaluation_suite_measures(setup, tmp_path):
     from at2_rag.estimator import Estimator
 
     est = Estimator.uniform(att.model)
-    methods = [at2(est), contextcite(16), leave_one_out(), at2_refined(est, 4, 1.0)]
+    methods = [at2(est), contextcite(16), leave_one_out(), at2_refined(est, 4, 1.0, design="random"),
+               at2_refined(est, 4, 1.0, design="top"), at2_refined(est, 99, 1.0), at2_refined(est, 4, 1.0, design="mixed")]
     result = evaluate_offline(records, feats, methods)
-    assert result["contextcite:16"]["passes"] == 16 and result["at2+4"]["passes"] == 5
+    assert result["contextcite:16"]["passes"] == 16 and result["at2+4:random"]["passes"] == 5
     assert result["loo"]["passes"] == np.mean([len(r["sources"]) + 1 for r in records])
+    assert result["at2+4"]["passes"] == result["at2+4:mixed"]["passes"] == 5
+    assert result["at2+99"]["passes"] == result["loo"]["passes"]
+    # The top design reads the leave-one-out targets of the prior's 4 highest sources.
+    rec, f = records[0], feats[0]
+    prior = est.source_scores(f).to(torch.float64)
+    top = sorted(range(len(prior)), key=lambda i: (-float(prior[i]), i))[:4]
+    masks = torch.ones(5, len(prior), dtype=torch.bool)
+    for row, i in enumerate(top, start=1):
+        masks[row, i] = False
+    y = torch.tensor([rec["base"][-1]] + [float(set_targets(rec, "loo")[i, -1]) for i in top], dtype=torch.float64)
+    torch.testing.assert_close(methods[4].score(rec, f), refine_scores(prior, masks, y, strength=1.0))
+    # The mixed design: the top 2 left out, then the first 2 ContextCite masks.
+    masks = torch.cat([masks[:3], set_masks(rec, "contextcite")[:2]])
+    y = torch.cat([y[:3], set_targets(rec, "contextcite")[:2, -1]])
+    torch.testing.assert_close(methods[6].score(rec, f), refine_scores(prior, masks, y, strength=1.0))
     assert all(len(r["per_record"]) == 3 for r in result.values())
 
 
@@ -120,6 +136,22 @@ def test_outcomes_resume_merge_and_refuse_other_data(setup, tmp_path):
         next(with_features(att, [broken], examples))
 
 
+def test_ablation_masks_of_every_design():
+    prior = torch.tensor([0.1, 0.5, -0.2, 0.5, 0.3])
+    m = ablation_masks(prior, 3, "top")
+    assert m.shape == (4, 5) and m[0].all() and (m[1:].sum(dim=1) == 4).all()
+    assert [int((~row).nonzero()) for row in m[1:]] == [1, 3, 4]  # highest first, ties by position
+    assert ablation_masks(prior, 9, "top").shape == (6, 5)  # fewer sources than N: each left out once
+    r = ablation_masks(prior, 4, "random", seed=7)
+    assert r[0].all() and torch.equal(r[1:], random_masks(4, 5, seed=7))
+    mixed = ablation_masks(prior, 5, "mixed", seed=7)  # 2 left out alone (5 // 2), then 3 random
+    assert torch.equal(mixed[:3], m[:3]) and torch.equal(mixed[3:], random_masks(3, 5, seed=7))
+    given = random_masks(9, 5, seed=1)
+    assert torch.equal(ablation_masks(prior, 5, "mixed", random=given)[3:], given[:3])
+    with pytest.raises(InputError, match="design"):
+        ablation_masks(prior, 3, "best")
+
+
 def test_refine_recovers_a_linear_truth_from_a_good_prior():
     g = torch.Generator().manual_seed(0)
     truth = torch.randn(20, generator=g, dtype=torch.float64)
@@ -132,7 +164,7 @@ def test_refine_recovers_a_linear_truth_from_a_good_prior():
     # A huge strength keeps the (rescaled) prior; too few ablations return it untouched.
     kept = refine_scores(prior, masks, y, strength=1e9)
     assert torch.allclose(kept / kept.norm(), prior / prior.norm(), atol=1e-6)
-    assert torch.equal(refine_scores(prior, masks[:1], y[:1]), prior)
+    assert torch.equal(refine_scores(prior, masks[:1], y[:1], strength=0.3), prior)
 
 
 def test_refine_matches_an_independent_ridge_solution():
@@ -242,8 +274,14 @@ def test_attributor_refine_adds_n_plus_one_passes_and_is_deterministic(setup):
     refined = att.refine(result, 4)
     assert refined.method == "at2+4" and refined.extra_forward_passes == result.extra_forward_passes + 5
     assert refined.scores.shape == result.scores.shape and not torch.equal(refined.scores, result.scores)
-    assert torch.equal(att.refine(result, 4).scores, refined.scores)  # masks drawn from the answer: same call, same scores
+    assert torch.equal(att.refine(result, 4).scores, refined.scores)  # masks follow from the scores: same call, same scores
     assert len(refined.sentences) == len(result.sentences)
+    randomly = att.refine(result, 4, design="random")
+    assert randomly.extra_forward_passes == refined.extra_forward_passes
+    assert torch.equal(att.refine(result, 4, design="random").scores, randomly.scores)  # seeded by the answer
+    assert not torch.equal(randomly.scores, refined.scores)
+    n_src = len(result.prompt.sources)
+    assert att.refine(result, n_src + 5, design="top").extra_forward_passes == result.extra_forward_passes + n_src + 1
     for bad in (1, 0, 2.5, True):
         with pytest.raises(InputError, match="n_ablations"):
             att.refine(result, bad)

@@ -18,7 +18,7 @@ from ...attributor import AT2Attributor
 from ...errors import InputError
 from ...estimator import Estimator
 from ...prompts import Prompt
-from ...refine import DEFAULT_STRENGTH, refine_scores
+from ...refine import DEFAULT_DESIGN, DEFAULT_STRENGTH, DESIGNS, ablation_masks, design_split, refine_scores
 from ...seeds import stable_hash
 
 
@@ -128,20 +128,24 @@ class ContextCiteSurrogate(Method):
 
 
 class AT2Refined(AT2):
-    """AT2+N: AT2's scores as the prior of a surrogate fitted on the first ``n`` ContextCite masks and
-    the unablated answer (:func:`at2_rag.refine.refine_scores`; ``n + 1`` passes besides AT2's)."""
+    """AT2+N: AT2's scores as the prior of a surrogate fitted on N ablated passes and the unablated answer
+    (:mod:`at2_rag.refine`); the design's random masks are the example's first ContextCite masks.
+    Charged AT2's pass plus every pass of the surrogate."""
 
-    def __init__(self, n_ablations: int, strength: float = DEFAULT_STRENGTH, batch_size: int = 8) -> None:
-        super().__init__("default", name=f"at2+{n_ablations}")
-        self.n, self.strength, self.batch_size = n_ablations, strength, batch_size
+    def __init__(self, n_ablations: int, design: str = DEFAULT_DESIGN, strength: float | None = None,
+                 batch_size: int = 8) -> None:
+        design_split(n_ablations, design)  # an unknown design fails here
+        super().__init__("default", name=f"at2+{n_ablations}" + ("" if design == DEFAULT_DESIGN else f":{design}"))
+        self.n, self.design, self.batch_size = n_ablations, design, batch_size
+        self.strength = DEFAULT_STRENGTH[design] if strength is None else strength
 
     def _score(self, att, ex):
         prior, _ = super()._score(att, ex)
-        masks, y, _ = surrogate_data(att, ex, self.n, 0.5, self.batch_size)
-        full = torch.ones(1, masks.shape[1], dtype=torch.bool)
-        base = whole_answer_targets(att, ex, full, self.batch_size)
-        scores = refine_scores(prior, torch.cat([full, masks]), torch.cat([base, y]), strength=self.strength)
-        return scores, 1 + self.n + 1  # AT2's own pass, the N ablations, the unablated answer
+        _, n_random = design_split(self.n, self.design)
+        masks = ablation_masks(prior, self.n, self.design, random=surrogate_data(att, ex, n_random, 0.5, self.batch_size)[0])
+        y = whole_answer_targets(att, ex, masks, self.batch_size)
+        scores = refine_scores(prior, masks, y, strength=self.strength)
+        return scores, 1 + masks.shape[0]  # AT2's own pass, the unablated answer, the ablations
 
 
 class EmbeddingSimilarity(Method):
@@ -172,14 +176,19 @@ class RetrieverOrder(Method):
 
 
 def make_method(spec: str) -> Method:
-    """A method from its command-line name: ``at2``, ``at2+N``, ``avg_attention``, ``loo``,
-    ``contextcite:N``, ``embedding``, ``retriever``, or ``at2:PATH`` for another estimator file."""
+    """A method from its command-line name: ``at2``, ``at2+N`` (``at2+N:top``, ``at2+N:random`` for
+    another ablation design),
+    ``avg_attention``, ``loo``, ``contextcite:N``, ``embedding``, ``retriever``, or ``at2:PATH`` for
+    another estimator file."""
     name, _, arg = spec.partition(":")
     if name.startswith("at2+"):
         n = name[4:]
-        if not n.isdigit() or int(n) < 2 or arg:
-            raise InputError(f"at2+N takes a number of ablations N >= 2, e.g. at2+8 (got {spec!r})")
-        return AT2Refined(int(n))
+        if not n.isdigit() or int(n) < 2 or (arg and arg not in DESIGNS):
+            raise InputError(
+                f"at2+N takes a number of ablations N >= 2 and optionally a design ({', '.join(DESIGNS)}), "
+                f"e.g. at2+8 or at2+8:random (got {spec!r})"
+            )
+        return AT2Refined(int(n), arg or DEFAULT_DESIGN)
     if name == "at2":
         return AT2(arg or "default", name=spec)
     if name == "contextcite":
@@ -190,7 +199,8 @@ def make_method(spec: str) -> Method:
              "retriever": RetrieverOrder}
     if name not in table or arg:
         raise InputError(
-            f"unknown method {spec!r}; use at2, at2:FILE, at2+N, avg_attention, loo, contextcite:N, embedding, retriever"
+            f"unknown method {spec!r}; use at2, at2:FILE, at2+N[:DESIGN], avg_attention, loo, contextcite:N, "
+            "embedding, retriever"
         )
     return table[name]()
 

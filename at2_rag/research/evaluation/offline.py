@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from ...estimator import Estimator
-from ...refine import refine_scores
+from ...refine import DEFAULT_DESIGN, ablation_masks, design_split, refine_scores
 from ..outcomes import set_masks, set_targets
 from .methods import fit_surrogate
 from .metrics import lds, mean_and_stderr, sign_test_p
@@ -53,17 +53,23 @@ def leave_one_out() -> OfflineMethod:
     return OfflineMethod("loo", score, lambda rec: len(rec["sources"]) + 1)
 
 
-def at2_refined(estimator: Estimator, n: int, strength: float, name: str | None = None) -> OfflineMethod:
-    """AT2+N: the AT2 scores as the prior of a surrogate fitted on the first N ContextCite masks and the
-    unablated answer (see :func:`at2_rag.refine.refine_scores`)."""
+def at2_refined(estimator: Estimator, n: int, strength: float, name: str | None = None,
+                design: str = DEFAULT_DESIGN) -> OfflineMethod:
+    """AT2+N (:mod:`at2_rag.refine`): the AT2 scores as the prior of a surrogate fitted on the unablated
+    answer and N ablated passes of ``design``: its top rows read from the leave-one-out set, its random
+    rows the first ContextCite masks (as the live evaluation method draws them)."""
+    n_top, n_random = design_split(n, design)
 
     def score(rec, f):
         prior = estimator.source_scores(f).to(torch.float64)
-        masks = torch.cat([torch.ones(1, len(rec["sources"]), dtype=torch.bool), set_masks(rec, "contextcite")[:n]])
-        y = torch.cat([torch.tensor(rec["base"][-1:], dtype=torch.float64), set_targets(rec, "contextcite")[:n, -1]])
+        masks = ablation_masks(prior, n, design, random=set_masks(rec, "contextcite"))
+        top = (~masks[1 : masks.shape[0] - n_random]).int().argmax(dim=1)
+        y = torch.cat([torch.tensor(rec["base"][-1:], dtype=torch.float64), set_targets(rec, "loo")[top, -1],
+                       set_targets(rec, "contextcite")[:n_random, -1]])
         return refine_scores(prior, masks, y, strength=strength)
 
-    return OfflineMethod(name or f"at2+{n}", score, lambda rec: n + 1)
+    return OfflineMethod(name or f"at2+{n}" + ("" if design == DEFAULT_DESIGN else f":{design}"), score,
+                         lambda rec: 1 + min(n_top, len(rec["sources"])) + n_random)
 
 
 def evaluate_offline(
