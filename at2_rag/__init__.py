@@ -24,6 +24,7 @@ from .models import load_model
 from .policy import CITATION_POLICY, DEFAULT_POLICY, SENTENCE_POLICY, KeepPolicy, keep_policy
 from .prompts import DEFAULT_INSTRUCTION, Granularity, Prompt, Source, build_prompt
 from .pruning import MODES, RETRIEVAL_RANK_KEY, Mode, Pruner, PruneResult, fused_scores
+from .refine import check_refine_ablations
 from .results import AnswerSentence, Attribution, ScoredSource
 from .sentences import split_sentences
 from .streaming import TokenStream, answer_text, chat_prompt, greedy_generate, prompt_ids
@@ -69,6 +70,7 @@ __all__ = [
     "answer_text",
     "build_prompt",
     "chat_prompt",
+    "check_refine_ablations",
     "cite",
     "format_context",
     "fused_scores",

@@ -296,6 +296,10 @@ class AT2Attributor:
         """:meth:`attribute` in a worker thread, so the event loop keeps running meanwhile."""
         return await asyncio.to_thread(self.attribute, question, documents, answer, **kwargs)
 
+    async def arefine(self, attribution: Attribution, n_ablations: int = 8, **kwargs) -> Attribution:
+        """:meth:`refine` in a worker thread, so the event loop keeps running meanwhile."""
+        return await asyncio.to_thread(self.refine, attribution, n_ablations, **kwargs)
+
     async def ascore_query(self, question: str, documents: Sequence[DocumentLike], **kwargs) -> Attribution:
         """:meth:`score_query` in a worker thread, so the event loop keeps running meanwhile."""
         return await asyncio.to_thread(self.score_query, question, documents, **kwargs)

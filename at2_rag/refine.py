@@ -84,6 +84,15 @@ def refine_scores(prior: torch.Tensor, masks: torch.Tensor, targets: torch.Tenso
     return c * a + delta
 
 
+def check_refine_ablations(n: object, name: str = "refine_ablations", *, allow_zero: bool = False) -> int:
+    """``n`` as a number of AT2 + N ablations: an integer >= 2 (or 0 for AT2 alone, when
+    ``allow_zero``, as components that refine on request take it); else :class:`InputError`."""
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0 or n == 1 or (n == 0 and not allow_zero):
+        zero = "0 (AT2 alone) or " if allow_zero else ""
+        raise InputError(f"{name} must be {zero}an integer >= 2 (ablated passes), got {n!r}")
+    return n
+
+
 def refine_attribution(
     model, attribution: Attribution, n_ablations: int = 8, *, design: str = DEFAULT_DESIGN,
     strength: float | None = None, seed: int = 0, batch_size: int = 8,
@@ -96,8 +105,7 @@ def refine_attribution(
     whole answer's scores and from the answer and ``seed``, so the same call gives the same scores;
     every answer sentence is refined from the same passes.
     """
-    if isinstance(n_ablations, bool) or not isinstance(n_ablations, int) or n_ablations < 2:
-        raise InputError(f"n_ablations must be an integer >= 2 (ablated passes), got {n_ablations!r}")
+    check_refine_ablations(n_ablations, "n_ablations")
     if not attribution.answer_ids:
         raise InputError("the attribution has no answer tokens: there is nothing to refine")
     masks = ablation_masks(attribution.scores, n_ablations, design, seed=stable_hash(seed, *attribution.answer_ids))
@@ -118,6 +126,6 @@ def refine_attribution(
 
 
 __all__ = [
-    "DEFAULT_DESIGN", "DEFAULT_STRENGTH", "DESIGNS", "ablation_masks", "design_split", "refine_attribution",
-    "refine_scores",
+    "DEFAULT_DESIGN", "DEFAULT_STRENGTH", "DESIGNS", "ablation_masks", "check_refine_ablations", "design_split",
+    "refine_attribution", "refine_scores",
 ]

@@ -55,6 +55,9 @@ def one_line_error(err: str) -> str:
     (["evaluate", "--data", "x", "--masks", "1"], "must be at least 2"),
     (["train-data", "--data", "x", "--out", "o", "--masks", "1"], "must be at least 2"),
     (["train", "--data", "x", "--out", "o.safetensors", "--steps", "0"], "must be at least 1"),
+    (["attribute", "Q?", "d.txt", "--refine", "1"], "--refine must be 0 (AT2 alone) or an integer >= 2"),
+    (["ask", "Q?", "--corpus", "c", "--refine", "-3"], "--refine must be 0 (AT2 alone) or an integer >= 2"),
+    (["fit-model", "--data", "x", "--out", "o", "--kinds", "answer,bogus"], "kinds must be distinct names"),
 ])
 def test_count_options_are_refused_by_the_parser(argv, message, capsys, no_model):
     with pytest.raises(SystemExit) as exc:

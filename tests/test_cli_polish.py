@@ -339,6 +339,27 @@ def _unmarked(text: str) -> str:
     return re.sub(r"\[\d+\]", "", text)
 
 
+def test_pipeline_and_attribute_refine_the_citations_on_request(attributor, tmp_path, capsys):
+    docs = [Document(text="Kibo is the highest summit of Kilimanjaro. It is in Tanzania.", title="Kilimanjaro"),
+            Document(text="The Rhine flows through Basel.", title="Rhine")]
+    pipe = RAGPipeline(attributor, None, k=2, mode="query", policy=at2_rag.KeepPolicy(top_k=2),  # type: ignore[arg-type]
+                       max_new_tokens=10, refine_ablations=2)
+    r = pipe.answer("What is the highest mountain in Africa?", docs)
+    assert r.final.method == "at2+2" and r.final.extra_forward_passes == 3
+    assert ("citations", "AT2 + 2 ablations") in RunSettings.of(pipe, estimator="default", corpus="c").items()
+    with pytest.raises(at2_rag.InputError, match="refine_ablations"):
+        RAGPipeline(attributor, None, refine_ablations=1)  # type: ignore[arg-type]
+    doc = tmp_path / "kibo.txt"
+    doc.write_text(docs[0].text, encoding="utf-8")
+    argv = ["attribute", "What is the highest mountain?", str(doc), "--answer", "Kibo.", "--refine", "2", "--json"]
+    assert cli.main(argv) == 0
+    data = json.loads(capsys.readouterr().out)
+    # attribute's pass, the unablated answer, the one source (a whole document) left out
+    assert data["method"] == "at2+2" and data["extra_forward_passes"] == 1 + 2
+    assert cli.main(argv[:-1] + ["--granularity", "sentence", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["extra_forward_passes"] == 1 + 3  # two sentences: both left out
+
+
 def test_pipeline_cites_the_full_context_answer(attributor):
     docs = [Document(text="Kibo is the highest summit of Kilimanjaro. It is in Tanzania.", title="Kilimanjaro"),
             Document(text="Mount Kenya is the second highest mountain in Africa.", title="Mount Kenya"),
@@ -369,7 +390,7 @@ def test_ask_json_reports_the_run_offsets_and_markers(tmp_path, capsys, monkeypa
     assert cli.main(argv) == 0
     data = json.loads(capsys.readouterr().out)
     assert data["run"] == {"model": data["run"]["model"], "estimator": "default", "top_k": 2, "keep": 1,
-                           "mode": "support", "corpus": str(corpus)}
+                           "mode": "support", "corpus": str(corpus), "refine": 0}
     coffee = next(c for c in data["retrieved"] if c["source"] == "coffee.md")
     assert coffee["label"] == "coffee.md#0" and coffee["text"] == decaf  # the heading is in the chunk
     assert decaf[coffee["start"] : coffee["end"]] == coffee["text"]

@@ -26,7 +26,7 @@ EXPECTED_ALL = {
     "CitedSource", "ContextTooLongError", "DEFAULT_INSTRUCTION", "DEFAULT_POLICY", "DeviceError",
     "Document", "DocumentLike", "Estimator", "EstimatorError", "Granularity", "InputError", "KeepPolicy",
     "LazyAttributor", "MODES", "MiniLMEmbedder", "Mode", "ModelIdentity", "ModelNotAvailableError",
-    "Prompt", "PruneResult", "Pruner", "QAResult", "RAGPipeline", "RETRIEVAL_RANK_KEY", "SENTENCE_POLICY", "ScoredSource", "TokenStream", "answer_text", "chat_prompt", "greedy_generate",
+    "Prompt", "PruneResult", "Pruner", "QAResult", "RAGPipeline", "RETRIEVAL_RANK_KEY", "SENTENCE_POLICY", "ScoredSource", "TokenStream", "answer_text", "chat_prompt", "check_refine_ablations", "greedy_generate",
     "prompt_ids",
     "Source", "UnsupportedModelError", "build_prompt", "cite", "format_context", "fused_scores", "keep_policy",
     "load_model", "split_sentences", "with_markers",

@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 
 from ..errors import InputError
+from ..refine import check_refine_ablations
 from ..research import options
 
 
@@ -42,6 +43,9 @@ masks_count = _argument(int, lambda name, value: options.mask_count(value), "a w
 """Random ablations: a correlation across masks needs at least two (the research rule)."""
 open_fraction = _argument(float, options.open_fraction, "a number between 0 and 1")
 """argparse type: a keep probability, strictly between 0 and 1."""
+refine_ablations = _argument(int, lambda name, value: check_refine_ablations(value, "--refine", allow_zero=True),
+                             "a whole number")
+"""argparse type: AT2 + N ablations, 0 (AT2 alone) or at least 2."""
 estimator_kinds = _argument(lambda text: tuple(k.strip() for k in text.split(",") if k.strip()),
                             lambda name, value: options.estimator_kinds(value), "a comma-separated list")
 """argparse type: estimator kinds, e.g. ``answer,query,support``."""

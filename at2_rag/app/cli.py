@@ -18,6 +18,7 @@ from .checks import (
     output_file,
     positive_int,
     read_text_file,
+    refine_ablations,
 )
 
 DESCRIPTION = (
@@ -26,6 +27,8 @@ DESCRIPTION = (
 )
 """What ``at2-rag --help`` says first (plain text: argparse prints it as it is)."""
 ESTIMATOR_HELP = "the answer estimator: 'default', a .safetensors file, or 'none' (uniform attention)"
+REFINE_HELP = ("sharpen the attribution with N ablated passes (AT2 + N: the N top-scored sources left out one "
+               "at a time; N + 1 more passes); 0: AT2 alone")
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
@@ -96,7 +99,8 @@ def cmd_ask(args) -> int:
         index = cached_index(docs)
     att = _attributor(args, args.estimator)
     pipe = RAGPipeline(att, index, k=args.top_k, mode=args.mode, policy=KeepPolicy(top_k=keep),
-                       max_new_tokens=args.max_new_tokens, full_answer=args.compare_full)
+                       max_new_tokens=args.max_new_tokens, full_answer=args.compare_full,
+                       refine_ablations=args.refine)
     run = RunSettings.of(pipe, estimator=args.estimator, corpus=args.corpus)
     with progress(console, "Retrieving, scoring, pruning and answering ..."):
         result = pipe.ask(args.question, references=args.reference_answer)
@@ -240,6 +244,8 @@ def cmd_attribute(args) -> int:
     estimator_file(args.estimator)
     att = _attributor(args, args.estimator, granularity=args.granularity)
     result = att.generate(args.question, docs) if args.answer is None else att.attribute(args.question, docs, args.answer)
+    if args.refine and result.answer_ids:
+        result = att.refine(result, args.refine)
     print(json.dumps(json_safe(result.to_dict()), indent=1, allow_nan=False) if args.json else str(result))
     return 0
 
@@ -286,6 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--follow-links", action="store_true",
                    help="also read symbolic links that point outside the corpus folder (skipped by default)")
     p.add_argument("--max-new-tokens", type=positive_int, default=64, help="the longest answer, in tokens")
+    p.add_argument("--refine", type=refine_ablations, default=0, metavar="N", help=REFINE_HELP)
     p.add_argument("--json", action="store_true",
                    help="print the result as JSON: the run's settings, both answers (also with [n] chunk markers), "
                         "every chunk with its file and character offsets, the kept order and the citations")
@@ -301,6 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--estimator", default="default", help=ESTIMATOR_HELP)
     p.add_argument("--granularity", default="document", type=lambda s: int(s) if s.isdigit() else s,
                    help="what a source is: 'document', 'sentence', or a number of tokens")
+    p.add_argument("--refine", type=refine_ablations, default=0, metavar="N", help=REFINE_HELP)
     p.add_argument("--json", action="store_true", help="print the attribution as JSON")
     p.set_defaults(func=cmd_attribute)
 

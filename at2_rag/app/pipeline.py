@@ -14,6 +14,7 @@ from ..documents import Document
 from ..estimator import ModelIdentity
 from ..policy import DEFAULT_POLICY, KeepPolicy
 from ..pruning import Mode, Pruner, PruneResult
+from ..refine import check_refine_ablations
 from ..research.data import is_correct, normalize_answer
 from ..results import Attribution
 from .corpus import chunk_label
@@ -242,18 +243,21 @@ class RunSettings:
     keep: int | None
     mode: str
     corpus: str
+    refine: int = 0
+    """Ablations that sharpen the citations (AT2 + N); 0: AT2 alone."""
 
     @classmethod
     def of(cls, pipeline: RAGPipeline, *, estimator: str | None, corpus: str) -> RunSettings:
         """The settings of ``pipeline``; ``estimator`` as the user named it (None: uniform weights)."""
         return cls(ModelIdentity.of(pipeline.attributor.model).name, estimator or "none (uniform attention)",
-                   pipeline.k, pipeline.pruner.policy.top_k, pipeline.pruner.mode, corpus)
+                   pipeline.k, pipeline.pruner.policy.top_k, pipeline.pruner.mode, corpus, pipeline.refine_ablations)
 
     def items(self) -> list[tuple[str, str]]:
         """(label, value) pairs in display order, the same in every view."""
         keep = "policy" if self.keep is None else str(self.keep)
+        citations = "AT2" if not self.refine else f"AT2 + {self.refine} ablations"
         return [("model", self.model), ("estimator", self.estimator), ("top-k", str(self.top_k)),
-                ("keep", keep), ("mode", self.mode), ("corpus", self.corpus)]
+                ("keep", keep), ("mode", self.mode), ("citations", citations), ("corpus", self.corpus)]
 
     def to_dict(self) -> dict[str, Any]:
         """The settings as JSON-ready fields (``run`` in ``at2-rag ask --json``)."""
@@ -273,6 +277,8 @@ class RAGPipeline:
         full_answer: also answer from all retrieved chunks, attributed and cited, to show what pruning
             changed (free in draft mode, where that answer is the draft; one more generation in the
             other modes).
+        refine_ablations: sharpen each cited answer's attribution with this many ablated passes
+            (AT2 + N, :meth:`~at2_rag.AT2Attributor.refine`; N + 1 more passes per answer); 0: AT2 alone.
     """
 
     def __init__(
@@ -285,9 +291,11 @@ class RAGPipeline:
         policy: KeepPolicy | None = None,
         max_new_tokens: int = 48,
         full_answer: bool = False,
+        refine_ablations: int = 0,
     ) -> None:
         if k < 1:
             raise ValueError(f"k must be at least 1, got {k}")
+        self.refine_ablations = check_refine_ablations(refine_ablations, allow_zero=True)
         self.attributor = attributor
         self.index = index
         self.k = k
@@ -305,6 +313,12 @@ class RAGPipeline:
         docs, sims = [d for d, _ in hits], [s for _, s in hits]
         return self.answer(question, docs, sims, t_retrieve=time.perf_counter() - t0, references=references)
 
+    def _refined(self, attribution: Attribution) -> Attribution:
+        """``attribution`` sharpened by the pipeline's ablations (unchanged when there are none or no answer)."""
+        if not self.refine_ablations or not attribution.answer_ids:
+            return attribution
+        return self.attributor.refine(attribution, self.refine_ablations)
+
     def answer(
         self, question: str, documents: Sequence[Document], retrieval_scores: Sequence[float] | None = None,
         *, t_retrieve: float = 0.0, references: Sequence[str] | None = None,
@@ -316,16 +330,16 @@ class RAGPipeline:
         t2 = time.perf_counter()
         # Best first, as rerankers hand documents on: the strongest evidence opens the context.
         kept_docs = pruned.kept_documents
-        final = self.attributor.generate(
+        final = self._refined(self.attributor.generate(
             question, kept_docs, granularity="sentence", max_new_tokens=self.max_new_tokens
-        )
+        ))
         t3 = time.perf_counter()
         seconds = {"retrieve": t_retrieve, "score_and_prune": t2 - t1, "regenerate": t3 - t2}
         full = None
         if self.full_answer and pruned.mode != "draft":
-            full = self.attributor.generate(
+            full = self._refined(self.attributor.generate(
                 question, docs, granularity="sentence", max_new_tokens=self.max_new_tokens
-            )
+            ))
             seconds["full_context_answer"] = time.perf_counter() - t3
         sims = list(retrieval_scores) if retrieval_scores is not None else [float("nan")] * len(docs)
         return QAResult(

@@ -15,7 +15,7 @@ from langchain_core.retrievers import RetrieverLike
 from langchain_core.runnables import Runnable, RunnableConfig, RunnableLambda, RunnableSerializable
 from langchain_core.runnables.config import patch_config
 from langchain_core.runnables.utils import AddableDict
-from pydantic import ConfigDict, Field
+from pydantic import ConfigDict, Field, field_validator
 from typing_extensions import override
 
 import at2_rag
@@ -26,6 +26,7 @@ from at2_rag import (
     Attribution,
     InputError,
     TokenStream,
+    check_refine_ablations,
     cite,
     format_context,
     keep_policy,
@@ -99,6 +100,14 @@ class AT2CitedAnswer(LocalModelFields, RunnableSerializable[CitedInput, dict[str
     """At most this many cited sources per answer sentence."""
     relative: float = Field(default=0.5, ge=0.0, le=1.0)
     """Cite a source only if it carries at least this fraction of the sentence's best score."""
+    refine_ablations: int = 0
+    """Sharpen the citations with this many ablated passes of the local model (AT2 + N: the N
+    top-scored sources left out one at a time; N + 1 more passes per answer); 0: AT2 alone."""
+
+    @field_validator("refine_ablations")
+    @classmethod
+    def _ablations(cls, value: int) -> int:
+        return check_refine_ablations(value, "refine_ablations", allow_zero=True)
 
     @override
     def get_attributor(self) -> AT2Attributor:
@@ -285,6 +294,8 @@ class AT2CitedAnswer(LocalModelFields, RunnableSerializable[CitedInput, dict[str
             answer, attribution = inputs["answer"], holder.get("attribution")
             if attribution is None and answer.strip():
                 attribution = att.attribute(inputs["question"], at2_docs, answer, granularity="sentence")
+            if attribution is not None and attribution.answer_ids and self.refine_ablations:
+                attribution = att.refine(attribution, self.refine_ablations)
             return self._citations(answer, attribution, len(at2_docs))
 
         return RunnableLambda(cite_answer, name=CITE_RUN_NAME)

@@ -118,6 +118,29 @@ def test_local_model_answers_and_cites_itself(attributor, docs):
     check_spans(out)
 
 
+def test_refine_ablations_sharpen_the_citations_with_that_many_passes(monkeypatch, attributor, docs):
+    calls = []
+    refine = type(attributor).refine
+
+    def counting(self, attribution, n_ablations=8, **kwargs):
+        calls.append(n_ablations)
+        return refine(self, attribution, n_ablations, **kwargs)
+
+    monkeypatch.setattr(type(attributor), "refine", counting)
+    plain = AT2CitedAnswer(attributor=attributor, llm=FakeListChatModel(responses=[FACT]))
+    sharp = AT2CitedAnswer(attributor=attributor, llm=FakeListChatModel(responses=[FACT]), refine_ablations=4)
+    inputs = {"question": QUESTION, "documents": docs}
+    before, after = plain.invoke(inputs), sharp.invoke(inputs)
+    assert calls == [4]  # only the refining chain spends passes
+    assert after["document_scores"] != before["document_scores"]
+    assert after["citations"][0]["documents"][0] == GOLD
+    assert asyncio.run(sharp.ainvoke(inputs))["document_scores"] == after["document_scores"]
+    check_spans(after)
+    for bad in (1, -2, 2.5):
+        with pytest.raises(ValidationError, match="refine_ablations"):
+            AT2CitedAnswer(refine_ablations=bad)
+
+
 def test_prune_then_regenerate_answers_from_the_pruned_context(attributor, docs):
     recorder = Recorder()
     chain = AT2CitedAnswer(

@@ -95,6 +95,29 @@ def test_local_model_answers_and_cites_with_no_extra_pass(attributor, index):
     assert cited == {GOLD}
 
 
+def test_refine_ablations_sharpen_citations_in_every_path(attributor, index, api_run):
+    """AT2 + 4: five more passes per answer (the 4 top sources left out, the unablated answer), the same
+    through query, aquery and a stream; the scores change, the facts are still cited where they are."""
+    _, plain, _ = api_run
+    engine = AT2CitationQueryEngine.from_args(index, llm=FixedLLM(answer=ANSWER), attributor=attributor,
+                                              similarity_top_k=4, refine_ablations=4)
+    response = engine.query(QUESTION)
+    assert response.metadata["attribution_method"] == plain.metadata["attribution_method"] + "+4"
+    assert response.metadata["extra_forward_passes"] == plain.metadata["extra_forward_passes"] + 5
+    assert [n.score for n in response.source_nodes] != [n.score for n in plain.source_nodes]
+    first, second = response.metadata["citations"]
+    assert first["sources"][0]["document_id"] == GOLD and second["sources"][0]["document_id"] == "tokyo"
+    assert asyncio.run(engine.aquery(QUESTION)).metadata == response.metadata
+    local = AT2CitationQueryEngine.from_args(index, attributor=attributor, similarity_top_k=2, max_new_tokens=16,
+                                             streaming=True, refine_ablations=2)
+    streamed = local.query(QUESTION)
+    consume(streamed)
+    assert streamed.metadata["extra_forward_passes"] == 3 and streamed.metadata["attribution_method"].endswith("+2")
+    for bad in (1, -1, 2.5):
+        with pytest.raises(ValueError, match="refine_ablations"):
+            AT2CitationQueryEngine.from_args(index, attributor=attributor, refine_ablations=bad)
+
+
 def test_empty_answer_and_no_nodes_give_uncited_responses(attributor, index):
     llm = FixedLLM(answer="")
     response = AT2CitationQueryEngine.from_args(index, llm=llm, attributor=attributor).query(QUESTION)

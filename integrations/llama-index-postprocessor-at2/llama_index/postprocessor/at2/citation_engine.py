@@ -8,6 +8,7 @@ LlamaIndex LLM, the local model attributes that answer in one forward pass (prox
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any, AsyncIterator, Callable, Dict, Iterator, List, Optional, Union
 
 from llama_index.core.base.base_query_engine import BaseQueryEngine
@@ -37,6 +38,7 @@ from at2_rag import (
     KeepPolicy,
     LazyAttributor,
     TokenStream,
+    check_refine_ablations,
     cite,
     with_markers,
 )
@@ -69,6 +71,9 @@ class AT2CitationQueryEngine(BaseQueryEngine):
         max_sources, relative: at most this many sources per answer sentence, each scoring at least
             ``relative`` x the sentence's best (see :func:`at2_rag.cite`).
         max_new_tokens: answer length when the local model answers.
+        refine_ablations: sharpen the citations with this many ablated passes of the local model
+            (AT2 + N: the N top-scored sources left out one at a time; N + 1 more passes per answer,
+            run before the response, or a stream's end, is complete); 0 (default): AT2 alone.
         metadata_mode: how a node is rendered for the local model (NONE: its text alone).
         streaming: ``query`` returns a ``StreamingResponse`` (``aquery``: an ``AsyncStreamingResponse``)
             whose text streams as it is generated; citations are filled in once the stream is consumed.
@@ -96,6 +101,7 @@ class AT2CitationQueryEngine(BaseQueryEngine):
         max_sources: int = 3,
         relative: float = 0.5,
         max_new_tokens: Optional[int] = None,
+        refine_ablations: int = 0,
         metadata_mode: MetadataMode = MetadataMode.NONE,
         streaming: bool = False,
         citation_chunk_size: Optional[int] = None,
@@ -103,6 +109,7 @@ class AT2CitationQueryEngine(BaseQueryEngine):
         text_splitter: Optional[TextSplitter] = None,
         callback_manager: Optional[CallbackManager] = None,
     ) -> None:
+        self._refine_ablations = check_refine_ablations(refine_ablations, "refine_ablations", allow_zero=True)
         callback_manager = callback_manager or Settings.callback_manager
         if response_synthesizer is None and llm is not None:
             response_synthesizer = get_response_synthesizer(
@@ -221,10 +228,16 @@ class AT2CitationQueryEngine(BaseQueryEngine):
         return to_documents(nodes, self._metadata_mode)
 
     def _generate(self, att: AT2Attributor, question: str, docs: List[Document], **kwargs: Any) -> Attribution:
-        """The local model's answer, attributed while it generates."""
-        return att.generate(
+        """The local model's answer, attributed while it generates (and refined, when asked)."""
+        return self._refined(att, att.generate(
             question, docs, granularity=self._granularity, max_new_tokens=self._max_new_tokens, **kwargs
-        )
+        ))
+
+    def _refined(self, att: AT2Attributor, attribution: Attribution) -> Attribution:
+        """``attribution`` sharpened by ``refine_ablations`` passes (unchanged when 0 or no answer tokens)."""
+        if not self._refine_ablations or not attribution.answer_ids:
+            return attribution
+        return att.refine(attribution, self._refine_ablations)
 
     def _answer(self, query_bundle: QueryBundle, nodes: List[NodeWithScore]) -> Response:
         if not nodes:
@@ -243,9 +256,7 @@ class AT2CitationQueryEngine(BaseQueryEngine):
         question, docs = query_bundle.query_str, self._documents(nodes)
         att = await self._loader.aget()
         if self.uses_local_model:
-            generated = await att.agenerate(
-                question, docs, granularity=self._granularity, max_new_tokens=self._max_new_tokens
-            )
+            generated = await asyncio.to_thread(self._generate, att, question, docs)
             return self._cited(nodes, generated.answer, generated)
         answer = await _atext(await self._synthesizer.asynthesize(query=query_bundle, nodes=nodes))
         return self._cited(nodes, answer, await self._aattribute(att, question, docs, answer))
@@ -254,14 +265,13 @@ class AT2CitationQueryEngine(BaseQueryEngine):
         """The local model's attribution of an answer written elsewhere (None for an empty answer)."""
         if answer.strip() in ("", EMPTY_RESPONSE):
             return None
-        return att.attribute(question, docs, answer, granularity=self._granularity)
+        return self._refined(att, att.attribute(question, docs, answer, granularity=self._granularity))
 
     async def _aattribute(
         self, att: AT2Attributor, question: str, docs: List[Document], answer: str
     ) -> Optional[Attribution]:
-        if answer.strip() in ("", EMPTY_RESPONSE):
-            return None
-        return await att.aattribute(question, docs, answer, granularity=self._granularity)
+        """:meth:`_attribute` in a worker thread, so the event loop keeps running meanwhile."""
+        return await asyncio.to_thread(self._attribute, att, question, docs, answer)
 
     # -- streaming ------------------------------------------------------------------------------
     def _stream(self, query_bundle: QueryBundle, nodes: List[NodeWithScore]) -> StreamingResponse:
