@@ -268,6 +268,7 @@ def designs(args) -> None:
 
 def test(args) -> None:
     from at2_rag import Estimator
+    from at2_rag.refine import DEFAULT_STRENGTH, DESIGNS
     from at2_rag.research.evaluation.offline import (
         at2,
         at2_refined,
@@ -276,8 +277,6 @@ def test(args) -> None:
         leave_one_out,
         sign_test,
     )
-
-    from at2_rag.refine import DEFAULT_STRENGTH, DESIGNS
 
     est = Estimator.load(args.estimator)
     shipped = Estimator.load("default")

@@ -23,11 +23,11 @@ from ..attributor import AT2Attributor
 from ..errors import InputError
 from ..estimator import Estimator, ModelIdentity
 from .ablation_data import generate_support_data, reference_answers
+from .data import read_selection
 from .evaluation.metrics import lds, mean_and_stderr
 from .features import cached_features, training_record
 from .fitting import fit_estimator, make_instances
 from .options import ESTIMATOR_KINDS, at_least, estimator_kinds
-from .data import read_selection
 from .outcomes import generate_outcomes, read_outcomes, set_masks, set_targets
 from .shards import load_records, portable_recipe
 from .support_fit import fit_support
