@@ -34,6 +34,7 @@ from .prompts import (
     encode,
     sentence_tokens,
 )
+from .refine import check_refine_ablations
 from .results import AnswerSentence, Attribution
 
 CONTENT_FREE_QUESTION = "N/A"
@@ -295,6 +296,13 @@ class AT2Attributor:
     ) -> Attribution:
         """:meth:`attribute` in a worker thread, so the event loop keeps running meanwhile."""
         return await asyncio.to_thread(self.attribute, question, documents, answer, **kwargs)
+
+    def refined(self, attribution: Attribution, n_ablations: int) -> Attribution:
+        """:meth:`refine` as components that refine on request use it: ``n_ablations`` 0, or an
+        attribution without answer tokens (nothing to refine), returns ``attribution`` as it is."""
+        if check_refine_ablations(n_ablations, allow_zero=True) == 0 or not attribution.answer_ids:
+            return attribution
+        return self.refine(attribution, n_ablations)
 
     async def arefine(self, attribution: Attribution, n_ablations: int = 8, **kwargs) -> Attribution:
         """:meth:`refine` in a worker thread, so the event loop keeps running meanwhile."""

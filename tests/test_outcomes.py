@@ -280,6 +280,9 @@ def test_attributor_refine_adds_n_plus_one_passes_and_is_deterministic(setup):
     assert randomly.extra_forward_passes == refined.extra_forward_passes
     assert torch.equal(att.refine(result, 4, design="random").scores, randomly.scores)  # seeded by the answer
     assert not torch.equal(randomly.scores, refined.scores)
+    assert att.refined(result, 0) is result and torch.equal(att.refined(result, 4).scores, refined.scores)
+    with pytest.raises(InputError, match="refine_ablations"):
+        att.refined(result, 1)
     n_src = len(result.prompt.sources)
     assert att.refine(result, n_src + 5, design="top").extra_forward_passes == result.extra_forward_passes + n_src + 1
     for bad in (1, 0, 2.5, True):

@@ -244,8 +244,7 @@ def cmd_attribute(args) -> int:
     estimator_file(args.estimator)
     att = _attributor(args, args.estimator, granularity=args.granularity)
     result = att.generate(args.question, docs) if args.answer is None else att.attribute(args.question, docs, args.answer)
-    if args.refine and result.answer_ids:
-        result = att.refine(result, args.refine)
+    result = att.refined(result, args.refine)
     print(json.dumps(json_safe(result.to_dict()), indent=1, allow_nan=False) if args.json else str(result))
     return 0
 

@@ -313,12 +313,6 @@ class RAGPipeline:
         docs, sims = [d for d, _ in hits], [s for _, s in hits]
         return self.answer(question, docs, sims, t_retrieve=time.perf_counter() - t0, references=references)
 
-    def _refined(self, attribution: Attribution) -> Attribution:
-        """``attribution`` sharpened by the pipeline's ablations (unchanged when there are none or no answer)."""
-        if not self.refine_ablations or not attribution.answer_ids:
-            return attribution
-        return self.attributor.refine(attribution, self.refine_ablations)
-
     def answer(
         self, question: str, documents: Sequence[Document], retrieval_scores: Sequence[float] | None = None,
         *, t_retrieve: float = 0.0, references: Sequence[str] | None = None,
@@ -330,16 +324,16 @@ class RAGPipeline:
         t2 = time.perf_counter()
         # Best first, as rerankers hand documents on: the strongest evidence opens the context.
         kept_docs = pruned.kept_documents
-        final = self._refined(self.attributor.generate(
+        final = self.attributor.refined(self.attributor.generate(
             question, kept_docs, granularity="sentence", max_new_tokens=self.max_new_tokens
-        ))
+        ), self.refine_ablations)
         t3 = time.perf_counter()
         seconds = {"retrieve": t_retrieve, "score_and_prune": t2 - t1, "regenerate": t3 - t2}
         full = None
         if self.full_answer and pruned.mode != "draft":
-            full = self._refined(self.attributor.generate(
+            full = self.attributor.refined(self.attributor.generate(
                 question, docs, granularity="sentence", max_new_tokens=self.max_new_tokens
-            ))
+            ), self.refine_ablations)
             seconds["full_context_answer"] = time.perf_counter() - t3
         sims = list(retrieval_scores) if retrieval_scores is not None else [float("nan")] * len(docs)
         return QAResult(

@@ -294,8 +294,8 @@ class AT2CitedAnswer(LocalModelFields, RunnableSerializable[CitedInput, dict[str
             answer, attribution = inputs["answer"], holder.get("attribution")
             if attribution is None and answer.strip():
                 attribution = att.attribute(inputs["question"], at2_docs, answer, granularity="sentence")
-            if attribution is not None and attribution.answer_ids and self.refine_ablations:
-                attribution = att.refine(attribution, self.refine_ablations)
+            if attribution is not None:
+                attribution = att.refined(attribution, self.refine_ablations)
             return self._citations(answer, attribution, len(at2_docs))
 
         return RunnableLambda(cite_answer, name=CITE_RUN_NAME)

@@ -229,15 +229,9 @@ class AT2CitationQueryEngine(BaseQueryEngine):
 
     def _generate(self, att: AT2Attributor, question: str, docs: List[Document], **kwargs: Any) -> Attribution:
         """The local model's answer, attributed while it generates (and refined, when asked)."""
-        return self._refined(att, att.generate(
+        return att.refined(att.generate(
             question, docs, granularity=self._granularity, max_new_tokens=self._max_new_tokens, **kwargs
-        ))
-
-    def _refined(self, att: AT2Attributor, attribution: Attribution) -> Attribution:
-        """``attribution`` sharpened by ``refine_ablations`` passes (unchanged when 0 or no answer tokens)."""
-        if not self._refine_ablations or not attribution.answer_ids:
-            return attribution
-        return att.refine(attribution, self._refine_ablations)
+        ), self._refine_ablations)
 
     def _answer(self, query_bundle: QueryBundle, nodes: List[NodeWithScore]) -> Response:
         if not nodes:
@@ -265,7 +259,7 @@ class AT2CitationQueryEngine(BaseQueryEngine):
         """The local model's attribution of an answer written elsewhere (None for an empty answer)."""
         if answer.strip() in ("", EMPTY_RESPONSE):
             return None
-        return self._refined(att, att.attribute(question, docs, answer, granularity=self._granularity))
+        return att.refined(att.attribute(question, docs, answer, granularity=self._granularity), self._refine_ablations)
 
     async def _aattribute(
         self, att: AT2Attributor, question: str, docs: List[Document], answer: str
