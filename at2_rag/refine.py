@@ -41,6 +41,11 @@ def design_split(n_ablations: int, design: str) -> tuple[int, int]:
     return n_top, n_ablations - n_top
 
 
+def top_sources(prior: torch.Tensor, n: int) -> torch.Tensor:
+    """Indices of the ``n`` highest-prior sources, highest first, ties broken by position (at most all)."""
+    return torch.argsort(prior, descending=True, stable=True)[:n]
+
+
 def ablation_masks(
     prior: torch.Tensor, n_ablations: int, design: str = DEFAULT_DESIGN, *, seed: int = 0,
     random: torch.Tensor | None = None,
@@ -51,7 +56,7 @@ def ablation_masks(
     ``seed``, or the first rows of ``random`` when given, e.g. an evaluation's fixed mask sequence)."""
     n_top, n_random = design_split(n_ablations, design)
     n_src = prior.shape[0]
-    top = torch.argsort(prior, descending=True, stable=True)[:n_top]
+    top = top_sources(prior, n_top)
     left_out = torch.ones(len(top), n_src, dtype=torch.bool)
     left_out[torch.arange(len(top)), top] = False
     rand = random_masks(n_random, n_src, 0.5, seed=seed) if random is None else random[:n_random]
@@ -127,5 +132,5 @@ def refine_attribution(
 
 __all__ = [
     "DEFAULT_DESIGN", "DEFAULT_STRENGTH", "DESIGNS", "ablation_masks", "check_refine_ablations", "design_split",
-    "refine_attribution", "refine_scores",
+    "refine_attribution", "refine_scores", "top_sources",
 ]

@@ -187,7 +187,7 @@ def holdout_loo(args) -> None:
     held-out questions; one JSON line per question, appended (a rerun resumes)."""
     from at2_rag import AT2Attributor, Estimator
     from at2_rag.ablation import span_targets
-    from at2_rag.refine import ablation_masks
+    from at2_rag.refine import ablation_masks, top_sources
     from at2_rag.research.data import read_selection
     from at2_rag.research.engine import ablated_passes, answer_logprobs
 
@@ -204,10 +204,11 @@ def holdout_loo(args) -> None:
         by_id = {d["id"]: d for d in ex["documents"]}
         prompt = att.prompt(ex["question"], [by_id[i] for i in rec["document_ids"]], "sentence")
         assert [[s.token_start, s.token_end] for s in prompt.sources] == rec["sources"]
-        masks = ablation_masks(est.source_scores(feats[:, :, -1]), TOP, "top")
+        prior = est.source_scores(feats[:, :, -1])
+        masks = ablation_masks(prior, TOP, "top")
         logp = answer_logprobs(att.model, ablated_passes(prompt, rec["answer_ids"], masks), max_batch_tokens=8192)
         y = span_targets(torch.stack(logp), [range(len(rec["answer_ids"]))])[:, 0]
-        top = (~masks[1:]).int().argmax(dim=1).tolist()
+        top = top_sources(prior, TOP).tolist()
         with HOLDOUT_LOO.open("a") as fh:
             fh.write(json.dumps({"id": rec["id"], "base": float(y[0]), "top": top, "loo": y[1:].tolist()}) + "\n")
         if n % 20 == 0:
@@ -219,7 +220,7 @@ def designs(args) -> None:
     each) per N and strength, on the held-out questions (prior: the shipped estimator; random rows: the
     first training masks; LDS on masks N..31 for every design, so all are paired)."""
     from at2_rag import Estimator
-    from at2_rag.refine import DESIGNS, ablation_masks, design_split, refine_scores
+    from at2_rag.refine import DESIGNS, ablation_masks, design_split, refine_scores, top_sources
     from at2_rag.research.evaluation.metrics import mean_and_stderr
     from at2_rag.research.evaluation.offline import sign_test
     from at2_rag.research.fit_model import holdout_lds
@@ -230,13 +231,13 @@ def designs(args) -> None:
     results, per = {}, {}
 
     def scorer(n, s, design):
-        _, n_random = design_split(n, design)
+        n_top, n_random = design_split(n, design)
 
         def score(rec, f, m, y):
             prior = est.source_scores(f).to(torch.float64)
             d = loo[rec["id"]]
             masks = ablation_masks(prior, n, design, random=m)
-            top = (~masks[1 : masks.shape[0] - n_random]).int().argmax(dim=1).tolist()
+            top = top_sources(prior, n_top).tolist()
             assert top == d["top"][: len(top)]  # the prior's top sources, as measured
             y_all = torch.tensor([d["base"]] + d["loo"][: len(top)], dtype=torch.float64)
             return refine_scores(prior, masks, torch.cat([y_all, y[:n_random]]), strength=s)

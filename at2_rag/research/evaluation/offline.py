@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from ...estimator import Estimator
-from ...refine import DEFAULT_DESIGN, ablation_masks, design_split, refine_scores
+from ...refine import DEFAULT_DESIGN, ablation_masks, design_split, refine_scores, top_sources
 from ..outcomes import set_masks, set_targets
 from .methods import fit_surrogate
 from .metrics import lds, mean_and_stderr, sign_test_p
@@ -63,7 +63,7 @@ def at2_refined(estimator: Estimator, n: int, strength: float, name: str | None 
     def score(rec, f):
         prior = estimator.source_scores(f).to(torch.float64)
         masks = ablation_masks(prior, n, design, random=set_masks(rec, "contextcite"))
-        top = (~masks[1 : masks.shape[0] - n_random]).int().argmax(dim=1)
+        top = top_sources(prior, n_top)
         y = torch.cat([torch.tensor(rec["base"][-1:], dtype=torch.float64), set_targets(rec, "loo")[top, -1],
                        set_targets(rec, "contextcite")[:n_random, -1]])
         return refine_scores(prior, masks, y, strength=strength)
