@@ -3,7 +3,11 @@
     python benchmarks/faithfulness.py select       # choices on held-out training questions (no test data read)
     python benchmarks/faithfulness.py holdout-loo  # leave-one-out passes for the design choice (CPU, ~25 min)
     python benchmarks/faithfulness.py designs      # AT2+N's ablation design and strength, on the same questions
+    python benchmarks/faithfulness.py recipes      # token-window sources and feature extensions (held out)
+    python benchmarks/faithfulness.py holdout-extra  # every source's leave-one-out and group passes (CPU, ~40 min)
+    python benchmarks/faithfulness.py groups       # what better-chosen passes could buy AT2+8 (held out)
     python benchmarks/faithfulness.py test [--estimator FILE]   # the test tables, run once
+    python benchmarks/faithfulness.py equivalent   # ContextCite's budget that matches each AT2 variant (test)
 
 ``select``: the learning curve, recipe and estimator-form ablations, and AT2+N's ridge strength with
 random masks, all scored by LDS on the last ``--holdout`` questions of the ``train-k5`` outcomes (their
@@ -33,6 +37,8 @@ STRENGTHS = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0)
 DESIGN_STRENGTHS = (0.001, 0.003) + STRENGTHS  # the designs with left-out sources prefer weak shrinkage
 HOLDOUT_LOO = OUTCOMES / "train-k5-holdout-loo.jsonl"
 TOP = 8  # sources left out one at a time per held-out question: enough for AT2+N up to N = 8
+HOLDOUT_EXTRA = OUTCOMES / "train-k5-holdout-extra.jsonl"
+GROUPS = (1, 2, 3)  # group passes per design: the sources below the prior's top 8 − G, split in G groups
 
 
 def load(name: str, data: str, shards: int | None = None) -> list:
@@ -182,37 +188,205 @@ def select(args) -> None:
                "chosen_strength": chosen}, open(OUT / "faithfulness-select.json", "w"), indent=1)
 
 
-def holdout_loo(args) -> None:
-    """The whole answer's target with each of the shipped prior's TOP highest sources left out, for the
-    held-out questions; one JSON line per question, appended (a rerun resumes)."""
+def recipes(args) -> None:
+    """Recipe and feature rows the ``select`` stage lacks, on the same held-out questions: token-window
+    training sources (the reference recipe: 4-token windows, ``train-k5-tok4``) against sentence sources
+    on the same questions, and the answer features extended by the question's (query) features or by
+    each source's features divided by its length in tokens (400 fit questions each)."""
+    from at2_rag.research.evaluation.metrics import mean_and_stderr
+    from at2_rag.research.evaluation.offline import sign_test
+    from at2_rag.research.features import training_record
+    from at2_rag.research.fit_model import fit_outcomes, holdout_lds
+    from at2_rag.research.fitting import fit_estimator, make_instances
+
+    rows = load("train-k5", args.data)
+    fit_rows, held = rows[: -args.holdout], rows[-args.holdout :]
+    query = {rec["id"]: q for rec, _, q in held}
+    results, per = {}, {}
+
+    def report(name, values, **extra):
+        per[name] = values
+        mean, se = mean_and_stderr(values)
+        results[name] = {"lds": mean, "stderr": se, **extra}
+        print(f"{name:<58} LDS {mean:.3f} ± {se:.3f}", flush=True)
+
+    def linear(w, extend=None):
+        return lambda rec, f, m, y: torch.einsum(
+            "lhs,lh->s", f if extend is None else extend(rec, f, query[rec["id"]]), w).to(torch.float64)
+
+    tok = load("train-k5-tok4", args.data)
+    same = [r for r in fit_rows if r[0]["id"] in {t[0]["id"] for t in tok}]
+    assert len(same) == len(tok), "the token-window questions are the first training questions"
+    report(f"sentence sources, {len(same)} questions", holdout_lds(linear(fit_outcomes(same)), held), examples=len(same))
+    report(f"4-token windows as sources, the same {len(tok)} questions", holdout_lds(linear(fit_outcomes(tok)), held),
+           examples=len(tok))
+
+    def lengths(rec):
+        return torch.tensor([e - s for s, e in rec["sources"]], dtype=torch.float32).clamp_min(1)
+
+    extensions = {
+        "+ query features": lambda rec, f, q: torch.cat([f, q if f.dim() == 3 else q[:, :, None].expand_as(f)]),
+        "+ features / source length": lambda rec, f, q: torch.cat([f, f / lengths(rec)]),
+    }
+    base = fit_rows[:400]
+    report("sentence sources, answer features (400 questions)", holdout_lds(linear(fit_outcomes(base)), held))
+    for name, extend in extensions.items():
+        records = []
+        for rec, feats, q in base:
+            t, meta = training_record(rec, feats, q)
+            records.append(({**t, "features": extend(rec, t["features"], q), "query": torch.cat([q, q])}, meta))
+        w, _ = fit_estimator(make_instances(records, "answer"), log=None, non_negative=True)
+        report(f"answer features {name} (400 questions)", holdout_lds(linear(w, extend), held))
+    for a, b in ((f"4-token windows as sources, the same {len(tok)} questions", f"sentence sources, {len(same)} questions"),
+                 *((f"answer features {n} (400 questions)", "sentence sources, answer features (400 questions)")
+                   for n in extensions)):
+        w, lo, p = sign_test(per[a], per[b])
+        results[a][f"vs {b}"] = {"wins": w, "losses": lo, "p": p}
+        print(f"  {a} vs {b}: {w}-{lo}, sign-test p = {p:.2g}")
+    OUT.mkdir(exist_ok=True)
+    json.dump({"holdout": args.holdout, "results": results}, open(OUT / "faithfulness-recipes.json", "w"), indent=1)
+
+
+def pending_held_out(args, rows: list, path: Path):
+    """The held-out ``rows`` not yet written to ``path`` (a resumable JSON-lines file), each as
+    ``(record, prompt, prior, targets)``: its sentence prompt, the shipped estimator's scores, and
+    ``targets(masks)`` — the whole answer's target under each keep-mask. Progress every 20."""
     from at2_rag import AT2Attributor, Estimator
     from at2_rag.ablation import span_targets
-    from at2_rag.refine import ablation_masks, top_sources
     from at2_rag.research.data import read_selection
     from at2_rag.research.engine import ablated_passes, answer_logprobs
 
-    held = load("train-k5", args.data)[-args.holdout :]
-    done = {json.loads(line)["id"] for line in HOLDOUT_LOO.open()} if HOLDOUT_LOO.exists() else set()
+    done = {json.loads(line)["id"] for line in path.open()} if path.exists() else set()
     att = AT2Attributor.from_pretrained()
     est = Estimator.load("default")
     examples = {e["id"]: e for e in read_selection(args.data, "train", None, "raise")}
     t = time.perf_counter()
-    for n, (rec, feats, _) in enumerate(held):
+    for n, (rec, feats, _) in enumerate(rows):
+        if n % 20 == 0:
+            print(f"{n}/{len(rows)} questions, {time.perf_counter() - t:.0f} s", flush=True)
         if rec["id"] in done:
             continue
         ex = examples[rec["id"]]
         by_id = {d["id"]: d for d in ex["documents"]}
         prompt = att.prompt(ex["question"], [by_id[i] for i in rec["document_ids"]], "sentence")
         assert [[s.token_start, s.token_end] for s in prompt.sources] == rec["sources"]
-        prior = est.source_scores(feats[:, :, -1])
-        masks = ablation_masks(prior, TOP, "top")
-        logp = answer_logprobs(att.model, ablated_passes(prompt, rec["answer_ids"], masks), max_batch_tokens=8192)
-        y = span_targets(torch.stack(logp), [range(len(rec["answer_ids"]))])[:, 0]
+
+        def targets(masks, prompt=prompt, rec=rec) -> torch.Tensor:
+            logp = answer_logprobs(att.model, ablated_passes(prompt, rec["answer_ids"], masks), max_batch_tokens=8192)
+            return span_targets(torch.stack(logp), [range(len(rec["answer_ids"]))])[:, 0]
+
+        yield rec, prompt, est.source_scores(feats[:, :, -1]), targets
+
+
+def holdout_loo(args) -> None:
+    """The whole answer's target with each of the shipped prior's TOP highest sources left out, for the
+    held-out questions; one JSON line per question, appended (a rerun resumes)."""
+    from at2_rag.refine import ablation_masks, top_sources
+
+    held = load("train-k5", args.data)[-args.holdout :]
+    for rec, _, prior, targets in pending_held_out(args, held, HOLDOUT_LOO):
+        y = targets(ablation_masks(prior, TOP, "top"))
         top = top_sources(prior, TOP).tolist()
         with HOLDOUT_LOO.open("a") as fh:
             fh.write(json.dumps({"id": rec["id"], "base": float(y[0]), "top": top, "loo": y[1:].tolist()}) + "\n")
-        if n % 20 == 0:
-            print(f"{n}/{len(held)} questions, {time.perf_counter() - t:.0f} s", flush=True)
+
+
+def rest_groups(order: list[int], n_groups: int, n: int = TOP) -> list[list[int]]:
+    """The sources ranked below the top ``n − n_groups`` of ``order`` (the prior's ranking), dealt in
+    turn into ``n_groups`` groups, so each group holds high and low ones alike."""
+    rest = order[n - n_groups :]
+    return [rest[g::n_groups] for g in range(n_groups)]
+
+
+def holdout_extra(args) -> None:
+    """For the held-out questions of ``holdout-loo``: the answer with each source below the prior's
+    top 8 left out alone (so every source has its leave-one-out), and with each group of
+    :func:`rest_groups` left out, for 1, 2 and 3 groups; one JSON line per question, appended
+    (resumable)."""
+    loo = {d["id"]: d for d in map(json.loads, HOLDOUT_LOO.open())}
+    held = [r for r in load("train-k5", args.data)[-args.holdout :] if r[0]["id"] in loo]
+    for rec, _, prior, targets in pending_held_out(args, held, HOLDOUT_EXTRA):
+        order = torch.argsort(prior, descending=True, stable=True).tolist()
+        assert order[:TOP] == loo[rec["id"]]["top"]
+        leave_out = [[s] for s in order[TOP:]] + [g for G in GROUPS for g in rest_groups(order, G)]
+        y = targets(left_out_rows(len(order), leave_out)[1:]).tolist()
+        rest, grouped = y[: len(order) - TOP], iter(y[len(order) - TOP :])
+        by_groups = {str(G): [next(grouped) for _ in range(G)] for G in GROUPS}
+        with HOLDOUT_EXTRA.open("a") as fh:
+            fh.write(json.dumps({"id": rec["id"], "order": order, "loo_rest": rest, "groups": by_groups}) + "\n")
+
+
+def left_out_rows(n_sources: int, left_out: list[list[int]]) -> torch.Tensor:
+    """Keep-masks: the unablated row, then one row per set of ``left_out`` sources."""
+    masks = torch.ones(1 + len(left_out), n_sources, dtype=torch.bool)
+    for i, sources in enumerate(left_out):
+        masks[1 + i, sources] = False
+    return masks
+
+
+def groups(args) -> None:
+    """What better-chosen leave-out passes could buy AT2+8, on the held-out questions of
+    ``holdout-extra``: the top design; N − G top sources plus the rest in G groups (measured passes);
+    an oracle that leaves out the 8 sources with the largest true effect (from every source's
+    leave-one-out, unknowable in use); and leave-one-out of every source. LDS on masks 8..31."""
+    from at2_rag import Estimator
+    from at2_rag.refine import refine_scores
+    from at2_rag.research.evaluation.metrics import mean_and_stderr
+    from at2_rag.research.evaluation.offline import sign_test
+    from at2_rag.research.fit_model import holdout_lds
+
+    loo = {d["id"]: d for d in map(json.loads, HOLDOUT_LOO.open())}
+    extra = {d["id"]: d for d in map(json.loads, HOLDOUT_EXTRA.open())}
+    held = [r for r in load("train-k5", args.data)[-args.holdout :] if r[0]["id"] in extra]
+    est = Estimator.load("default")
+    strength = 0.01
+
+    def every_loo(rid: str) -> tuple[float, torch.Tensor]:
+        order = extra[rid]["order"]
+        out = torch.empty(len(order), dtype=torch.float64)
+        out[order] = torch.tensor(loo[rid]["loo"] + extra[rid]["loo_rest"], dtype=torch.float64)
+        return loo[rid]["base"], out
+
+    def surrogate(pick):
+        def score(rec, f, m, y):
+            prior = est.source_scores(f).to(torch.float64)
+            base, l_all = every_loo(rec["id"])
+            left_out, ys = pick(rec["id"], base, l_all)
+            targets = torch.tensor([base] + ys, dtype=torch.float64)
+            return refine_scores(prior, left_out_rows(len(prior), left_out), targets, strength=strength)
+        return score
+
+    def top_and_groups(n_groups):
+        def pick(rid, base, l_all):
+            order = extra[rid]["order"]
+            top = order[: TOP - n_groups]
+            sets = [[s] for s in top] + (rest_groups(order, n_groups) if n_groups else [])
+            return sets, [float(l_all[s]) for s in top] + (extra[rid]["groups"][str(n_groups)] if n_groups else [])
+        return pick
+
+    def oracle(rid, base, l_all):
+        top = torch.argsort((base - l_all).abs(), descending=True)[:TOP].tolist()
+        return [[s] for s in top], [float(l_all[s]) for s in top]
+
+    methods = {"at2": lambda rec, f, m, y: est.source_scores(f).to(torch.float64)}
+    methods.update({f"at2+8 top {TOP - g} + {g} groups" if g else "at2+8 top": surrogate(top_and_groups(g))
+                    for g in (0,) + GROUPS})
+    methods["at2+8 oracle (8 largest true effects)"] = surrogate(oracle)
+    methods["leave-one-out (every source)"] = lambda rec, f, m, y: every_loo(rec["id"])[0] - every_loo(rec["id"])[1]
+    per, results = {}, {}
+    print(f"{len(held)} held-out questions, {sum(len(r[0]['sources']) for r in held) / len(held):.1f} sources each")
+    for name, fn in methods.items():
+        per[name] = holdout_lds(fn, held, n_refit=TOP)
+        mean, se = mean_and_stderr(per[name])
+        results[name] = {"lds": mean, "stderr": se}
+        print(f"  {name:<40} LDS {mean:.3f} ± {se:.3f}", flush=True)
+    for name in list(methods)[2:]:
+        w, lo, p = sign_test(per[name], per["at2+8 top"])
+        results[name]["vs top"] = {"wins": w, "losses": lo, "p": p}
+        print(f"  {name} vs at2+8 top: {w}-{lo}, sign-test p = {p:.2g}")
+    OUT.mkdir(exist_ok=True)
+    json.dump({"questions": len(held), "strength": strength, "results": results},
+              open(OUT / "faithfulness-groups.json", "w"), indent=1)
 
 
 def designs(args) -> None:
@@ -307,6 +481,57 @@ def test(args) -> None:
     plot(out, ROOT / "benchmarks" / "faithfulness-lds-cost.png")
 
 
+EQUIVALENT_GRID = tuple(range(8, 65, 4))
+"""ContextCite budgets of the ``equivalent`` stage."""
+
+
+def oracle_top(est, n: int = TOP):
+    """A diagnostic, not a method: AT2+N's top design had it left out the ``n`` sources with the
+    largest true effect (read from every source's leave-one-out, which no user has)."""
+    from at2_rag.refine import DEFAULT_STRENGTH, refine_scores
+    from at2_rag.research.evaluation.offline import OfflineMethod
+    from at2_rag.research.outcomes import set_targets
+
+    def score(rec, f):
+        prior = est.source_scores(f).to(torch.float64)
+        base, l_all = float(rec["base"][-1]), set_targets(rec, "loo")[:, -1].to(torch.float64)
+        top = torch.argsort((base - l_all).abs(), descending=True)[:n].tolist()
+        y = torch.tensor([base] + [float(l_all[s]) for s in top], dtype=torch.float64)
+        return refine_scores(prior, left_out_rows(len(prior), [[s] for s in top]), y, strength=DEFAULT_STRENGTH["top"])
+
+    return OfflineMethod(f"oracle+{n}", score, lambda rec: 1 + min(n, len(rec["sources"])))
+
+
+def equivalent(args) -> None:
+    """How many random ablations ContextCite needs to match AT2 and AT2+N on the test split: ContextCite
+    at every budget of ``EQUIVALENT_GRID`` (a finer grid than the ``test`` table, same masks). With
+    them, the ``oracle_top`` diagnostic: the 8 sources with the largest true effect left out instead."""
+    from at2_rag import Estimator
+    from at2_rag.refine import DEFAULT_DESIGN, DEFAULT_STRENGTH
+    from at2_rag.research.evaluation.metrics import equivalent_budget
+    from at2_rag.research.evaluation.offline import at2, at2_refined, contextcite, evaluate_offline, leave_one_out
+
+    est = Estimator.load(args.estimator)
+    out = {}
+    for k in (5, 10):
+        rows = load(f"test-k{k}", args.data)
+        records, feats = [r for r, _, _ in rows], [f[:, :, -1] for _, f, _ in rows]
+        methods = [at2(est)] + [at2_refined(est, n, DEFAULT_STRENGTH[DEFAULT_DESIGN]) for n in (2, 4, 8)]
+        methods += [leave_one_out(), oracle_top(est)] + [contextcite(n) for n in EQUIVALENT_GRID]
+        res = evaluate_offline(records, feats, methods)
+        cc = {n: res[f"contextcite:{n}"]["lds"] for n in EQUIVALENT_GRID}
+        out[k] = {"contextcite": cc, "methods": {}}
+        print(f"\nk = {k}: ContextCite LDS by budget: " + ", ".join(f"{n}: {v:.3f}" for n, v in cc.items()))
+        for name in ("at2", "at2+2", "at2+4", "at2+8", "oracle+8", "loo"):
+            r = res[name]
+            eq = equivalent_budget(cc, r["lds"])
+            out[k]["methods"][name] = {"lds": r["lds"], "passes": r["passes"], "contextcite_equivalent": eq}
+            print(f"  {name:<8} LDS {r['lds']:.3f} with {r['passes']:.1f} extra passes = ContextCite with "
+                  + (f"{eq:.1f} ablations" if eq is not None else "more than 64 / fewer than 8 ablations"))
+    OUT.mkdir(exist_ok=True)
+    json.dump(out, open(OUT / "faithfulness-equivalent.json", "w"), indent=1)
+
+
 def plot(out: dict, png: Path) -> None:
     """LDS against extra passes per k: one line per family (AT2 + N by design, ContextCite-N), points
     for the rest."""
@@ -350,14 +575,16 @@ def plot(out: dict, png: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("stage", choices=("select", "holdout-loo", "designs", "test"))
+    p.add_argument("stage", choices=("select", "recipes", "holdout-loo", "holdout-extra", "designs", "groups", "test",
+                                      "equivalent"))
     p.add_argument("--data", default=str(ROOT / "data" / "nq_rag.jsonl.gz"))
     p.add_argument("--holdout", type=int, default=160)
     p.add_argument("--estimator", default="default")
     p.add_argument("--shards", type=int, default=None, help="only the first N train shards (a quick check)")
     args = p.parse_args(argv)
     torch.set_num_threads(2)
-    {"select": select, "holdout-loo": holdout_loo, "designs": designs, "test": test}[args.stage](args)
+    {"select": select, "recipes": recipes, "holdout-loo": holdout_loo, "holdout-extra": holdout_extra, "designs": designs, "groups": groups,
+     "test": test, "equivalent": equivalent}[args.stage](args)
     return 0
 
 

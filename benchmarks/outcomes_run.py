@@ -66,6 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-batch-tokens", type=int, default=16384)
     p.add_argument("--stages", default=",".join(s[0] for s in STAGES))
     p.add_argument("--speed-examples", type=int, default=8, help="examples per k for the engine timing (0: skip)")
+    p.add_argument("--limit", type=int, default=None, help="at most this many questions per stage (a CPU-sized run)")
     p.add_argument("--dry-run", action="store_true")
     args = p.parse_args(argv)
     start = time.monotonic()
@@ -89,6 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     for name, kind, split, k, limit, masks, new_tokens, granularity in STAGES:
         if name not in wanted:
             continue
+        if args.limit is not None:
+            limit = args.limit if limit is None else min(limit, args.limit)
         if args.dry_run:
             limit, masks = 1, 4 if masks else 0
         t = time.monotonic()

@@ -190,6 +190,20 @@ def test_sign_test_p_value():
     assert sign_test([1, 0], [0, 1])[2] == 1.0
 
 
+def test_equivalent_budget_interpolates_the_running_maximum():
+    from at2_rag.research.evaluation.metrics import equivalent_budget
+
+    curve = {8: 0.6, 16: 0.75, 32: 0.8, 64: 0.85}
+    grid, values = zip(*sorted(curve.items()))
+    for target in (0.6, 0.62, 0.7, 0.75, 0.79, 0.84, 0.85):
+        assert equivalent_budget(curve, target) == pytest.approx(float(np.interp(target, values, grid)))
+    assert equivalent_budget(curve, 0.5) is None and equivalent_budget(curve, 0.9) is None
+    # a dip (noise) is flattened: 0.78 is first reached at 16 -> 24 on the way to 0.8, not again after 24
+    dipped = {8: 0.6, 16: 0.76, 24: 0.8, 32: 0.79, 40: 0.82}
+    assert equivalent_budget(dipped, 0.78) == pytest.approx(20.0)
+    assert equivalent_budget(dipped, 0.81) == pytest.approx(36.0)  # 0.8 held through 32, then up to 0.82 at 40
+
+
 # -- the committed outcomes (benchmarks/data/outcomes), with the real default model ----------------------
 COMMITTED = Path(__file__).resolve().parents[1] / "benchmarks" / "data" / "outcomes"
 FIXTURES = Path(__file__).resolve().parent / "data"

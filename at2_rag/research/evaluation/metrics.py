@@ -86,3 +86,19 @@ def sign_test_p(wins: int, losses: int) -> float:
         return 1.0
     tail = sum(math.comb(n, i) for i in range(min(wins, losses) + 1)) / 2**n
     return min(1.0, 2 * tail)
+
+
+def equivalent_budget(lds_by_budget: dict[int, float], target: float) -> float | None:
+    """The number of ablations at which a many-ablation method's LDS (``{budget: LDS}``) reaches
+    ``target``: linear between neighbouring budgets of its running maximum (so a noisy dip never
+    counts twice); None when ``target`` lies outside the range measured."""
+    grid = sorted(lds_by_budget)
+    best: list[float] = []
+    for n in grid:
+        best.append(max(best[-1], lds_by_budget[n]) if best else lds_by_budget[n])
+    if target == best[0]:
+        return float(grid[0])
+    for n0, l0, n1, l1 in zip(grid, best, grid[1:], best[1:]):
+        if l0 < target <= l1:
+            return n0 + (n1 - n0) * (target - l0) / (l1 - l0)
+    return None
