@@ -190,8 +190,9 @@ def select(args) -> None:
 
 def recipes(args) -> None:
     """Recipe and feature rows the ``select`` stage lacks, on the same held-out questions: token-window
-    training sources (the reference recipe: 4-token windows, ``train-k5-tok4``) against sentence sources
-    on the same questions, and the answer features extended by the question's (query) features or by
+    training sources (the reference recipe: 4-token windows, ``train-k5-tok4``) and longer answers
+    (``train-k5-long``), each against sentence sources on the same questions (where those outcomes are
+    committed), and the answer features extended by the question's (query) features or by
     each source's features divided by its length in tokens (400 fit questions each)."""
     from at2_rag.research.evaluation.metrics import mean_and_stderr
     from at2_rag.research.evaluation.offline import sign_test
@@ -214,12 +215,18 @@ def recipes(args) -> None:
         return lambda rec, f, m, y: torch.einsum(
             "lhs,lh->s", f if extend is None else extend(rec, f, query[rec["id"]]), w).to(torch.float64)
 
-    tok = load("train-k5-tok4", args.data)
-    same = [r for r in fit_rows if r[0]["id"] in {t[0]["id"] for t in tok}]
-    assert len(same) == len(tok), "the token-window questions are the first training questions"
-    report(f"sentence sources, {len(same)} questions", holdout_lds(linear(fit_outcomes(same)), held), examples=len(same))
-    report(f"4-token windows as sources, the same {len(tok)} questions", holdout_lds(linear(fit_outcomes(tok)), held),
-           examples=len(tok))
+    pairs = []
+    for name, what in (("train-k5-tok4", "4-token windows as sources"), ("train-k5-long", "answers up to 128 tokens")):
+        if not (OUTCOMES / name).exists():
+            continue
+        variant = load(name, args.data)
+        same = [r for r in fit_rows if r[0]["id"] in {v[0]["id"] for v in variant}]
+        assert len(same) == len(variant), f"{name}'s questions are among the first training questions"
+        base_name, name_v = f"sentence sources, 48-token answers, {len(same)} questions", f"{what}, the same questions"
+        if base_name not in results:
+            report(base_name, holdout_lds(linear(fit_outcomes(same)), held), examples=len(same))
+        report(name_v, holdout_lds(linear(fit_outcomes(variant)), held), examples=len(variant))
+        pairs.append((name_v, base_name))
 
     def lengths(rec):
         return torch.tensor([e - s for s, e in rec["sources"]], dtype=torch.float32).clamp_min(1)
@@ -237,9 +244,8 @@ def recipes(args) -> None:
             records.append(({**t, "features": extend(rec, t["features"], q), "query": torch.cat([q, q])}, meta))
         w, _ = fit_estimator(make_instances(records, "answer"), log=None, non_negative=True)
         report(f"answer features {name} (400 questions)", holdout_lds(linear(w, extend), held))
-    for a, b in ((f"4-token windows as sources, the same {len(tok)} questions", f"sentence sources, {len(same)} questions"),
-                 *((f"answer features {n} (400 questions)", "sentence sources, answer features (400 questions)")
-                   for n in extensions)):
+    for a, b in pairs + [(f"answer features {n} (400 questions)", "sentence sources, answer features (400 questions)")
+                         for n in extensions]:
         w, lo, p = sign_test(per[a], per[b])
         results[a][f"vs {b}"] = {"wins": w, "losses": lo, "p": p}
         print(f"  {a} vs {b}: {w}-{lo}, sign-test p = {p:.2g}")

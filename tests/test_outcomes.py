@@ -224,6 +224,23 @@ def test_committed_outcomes_are_complete_and_consistent():
                 assert torch.isfinite(targets).all()
 
 
+def test_committed_recipe_outcomes_pair_with_the_first_training_questions():
+    """The CPU-made recipe folders hold the recipe they name, and their questions are the first
+    training questions of ``train-k5`` (so each pairs with a sentence fit on the same questions)."""
+    _, train = read_outcomes(COMMITTED / "train-k5")
+    for name, key, value in (("train-k5-tok4", "granularity", 4), ("train-k5-long", "max_new_tokens", 128)):
+        recipe, records = read_outcomes(COMMITTED / name)
+        assert recipe[key] == value and recipe["kind"] == "train" and recipe["n_masks"] == 32
+        assert [r["id"] for r in records] == [r["id"] for r in train[: len(records)]] and len(records) >= 64
+        for rec in records[:5]:
+            masks, targets = set_masks(rec, "train"), set_targets(rec, "train")
+            assert masks.shape == (32, len(rec["sources"])) and torch.isfinite(targets).all()
+        if key == "granularity":  # 4-token windows: every source but a document's last spans 4 tokens
+            widths = [e - s for s, e in records[0]["sources"]]
+            assert max(widths) == 4 and sum(w == 4 for w in widths) > 0.8 * len(widths)
+    assert max(len(r["answer_ids"]) for r in read_outcomes(COMMITTED / "train-k5-long")[1]) > 48
+
+
 def test_committed_outcomes_features_recompute_to_the_stored_ones(attributor):
     """Features recomputed on this machine for two committed test questions equal the stored ones."""
     from safetensors.torch import load_file
