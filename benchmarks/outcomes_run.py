@@ -30,7 +30,8 @@ STAGES = [
     ("train-k5-long", "train", "train", 5, 400, 32, 128, "sentence"),
 ]
 """Every stage, in priority order. The committed folders (``benchmarks/data/outcomes``) hold the first
-three (``train-k5``: its first 960 questions); copy them into ``--out`` to resume rather than remake."""
+three (``train-k5``: its first 960 questions, on a GPU) and the first 64 questions of ``train-k5-tok4``
+and ``train-k5-long`` (on a CPU, ``--limit 64``); copy them into ``--out`` to resume rather than remake."""
 
 def engine_speed(att, data: str, k: int, n: int, max_batch_tokens: int) -> dict:
     """Examples per second of training data: the per-example path (``build_record``) vs the batched engine."""
