@@ -203,6 +203,8 @@ def recipes(args) -> None:
     rows = load("train-k5", args.data)
     fit_rows, held = rows[: -args.holdout], rows[-args.holdout :]
     query = {rec["id"]: q for rec, _, q in held}
+    capped = sum(len(r[0]["answer_ids"]) >= 48 for r in rows) / len(rows)
+    print(f"train-k5: {capped:.0%} of the answers reach the 48-token cap")
     results, per = {}, {}
 
     def report(name, values, **extra):
@@ -220,6 +222,12 @@ def recipes(args) -> None:
         if not (OUTCOMES / name).exists():
             continue
         variant = load(name, args.data)
+        recs = [v[0] for v in variant]
+        facts = {"sources": sum(len(r["sources"]) for r in recs) / len(recs),
+                 "answer_tokens": sum(len(r["answer_ids"]) for r in recs) / len(recs)}
+        print(f"{name}: {len(recs)} questions, {facts['sources']:.1f} sources and {facts['answer_tokens']:.1f} "
+              "answer tokens on average")
+        results[f"{name} data"] = facts
         same = [r for r in fit_rows if r[0]["id"] in {v[0]["id"] for v in variant}]
         assert len(same) == len(variant), f"{name}'s questions are among the first training questions"
         base_name, name_v = f"sentence sources, 48-token answers, {len(same)} questions", f"{what}, the same questions"
@@ -250,12 +258,13 @@ def recipes(args) -> None:
         results[a][f"vs {b}"] = {"wins": w, "losses": lo, "p": p}
         print(f"  {a} vs {b}: {w}-{lo}, sign-test p = {p:.2g}")
     OUT.mkdir(exist_ok=True)
-    json.dump({"holdout": args.holdout, "results": results}, open(OUT / "faithfulness-recipes.json", "w"), indent=1)
+    json.dump({"holdout": args.holdout, "train_k5_answers_at_48_tokens": capped, "results": results},
+              open(OUT / "faithfulness-recipes.json", "w"), indent=1)
 
 
 def pending_held_out(args, rows: list, path: Path):
     """The held-out ``rows`` not yet written to ``path`` (a resumable JSON-lines file), each as
-    ``(record, prompt, prior, targets)``: its sentence prompt, the shipped estimator's scores, and
+    ``(record, prior, targets)``: the shipped estimator's scores for its sentence sources, and
     ``targets(masks)`` — the whole answer's target under each keep-mask. Progress every 20."""
     from at2_rag import AT2Attributor, Estimator
     from at2_rag.ablation import span_targets
@@ -281,7 +290,7 @@ def pending_held_out(args, rows: list, path: Path):
             logp = answer_logprobs(att.model, ablated_passes(prompt, rec["answer_ids"], masks), max_batch_tokens=8192)
             return span_targets(torch.stack(logp), [range(len(rec["answer_ids"]))])[:, 0]
 
-        yield rec, prompt, est.source_scores(feats[:, :, -1]), targets
+        yield rec, est.source_scores(feats[:, :, -1]), targets
 
 
 def holdout_loo(args) -> None:
@@ -290,7 +299,7 @@ def holdout_loo(args) -> None:
     from at2_rag.refine import ablation_masks, top_sources
 
     held = load("train-k5", args.data)[-args.holdout :]
-    for rec, _, prior, targets in pending_held_out(args, held, HOLDOUT_LOO):
+    for rec, prior, targets in pending_held_out(args, held, HOLDOUT_LOO):
         y = targets(ablation_masks(prior, TOP, "top"))
         top = top_sources(prior, TOP).tolist()
         with HOLDOUT_LOO.open("a") as fh:
@@ -311,8 +320,10 @@ def holdout_extra(args) -> None:
     (resumable)."""
     loo = {d["id"]: d for d in map(json.loads, HOLDOUT_LOO.open())}
     held = [r for r in load("train-k5", args.data)[-args.holdout :] if r[0]["id"] in loo]
-    for rec, _, prior, targets in pending_held_out(args, held, HOLDOUT_EXTRA):
-        order = torch.argsort(prior, descending=True, stable=True).tolist()
+    from at2_rag.refine import top_sources
+
+    for rec, prior, targets in pending_held_out(args, held, HOLDOUT_EXTRA):
+        order = top_sources(prior, len(prior)).tolist()
         assert order[:TOP] == loo[rec["id"]]["top"]
         leave_out = [[s] for s in order[TOP:]] + [g for G in GROUPS for g in rest_groups(order, G)]
         y = targets(left_out_rows(len(order), leave_out)[1:]).tolist()
@@ -330,13 +341,18 @@ def left_out_rows(n_sources: int, left_out: list[list[int]]) -> torch.Tensor:
     return masks
 
 
+def largest_effects(base: float, loo: torch.Tensor, n: int = TOP) -> list[int]:
+    """The ``n`` sources whose leave-one-out moves the target most (either way): the oracle's choice."""
+    return torch.argsort((base - loo).abs(), descending=True)[:n].tolist()
+
+
 def groups(args) -> None:
     """What better-chosen leave-out passes could buy AT2+8, on the held-out questions of
     ``holdout-extra``: the top design; N − G top sources plus the rest in G groups (measured passes);
     an oracle that leaves out the 8 sources with the largest true effect (from every source's
     leave-one-out, unknowable in use); and leave-one-out of every source. LDS on masks 8..31."""
     from at2_rag import Estimator
-    from at2_rag.refine import refine_scores
+    from at2_rag.refine import DEFAULT_STRENGTH, refine_scores
     from at2_rag.research.evaluation.metrics import mean_and_stderr
     from at2_rag.research.evaluation.offline import sign_test
     from at2_rag.research.fit_model import holdout_lds
@@ -345,7 +361,7 @@ def groups(args) -> None:
     extra = {d["id"]: d for d in map(json.loads, HOLDOUT_EXTRA.open())}
     held = [r for r in load("train-k5", args.data)[-args.holdout :] if r[0]["id"] in extra]
     est = Estimator.load("default")
-    strength = 0.01
+    strength = DEFAULT_STRENGTH["top"]
 
     def every_loo(rid: str) -> tuple[float, torch.Tensor]:
         order = extra[rid]["order"]
@@ -371,14 +387,18 @@ def groups(args) -> None:
         return pick
 
     def oracle(rid, base, l_all):
-        top = torch.argsort((base - l_all).abs(), descending=True)[:TOP].tolist()
+        top = largest_effects(base, l_all)
         return [[s] for s in top], [float(l_all[s]) for s in top]
 
     methods = {"at2": lambda rec, f, m, y: est.source_scores(f).to(torch.float64)}
     methods.update({f"at2+8 top {TOP - g} + {g} groups" if g else "at2+8 top": surrogate(top_and_groups(g))
                     for g in (0,) + GROUPS})
     methods["at2+8 oracle (8 largest true effects)"] = surrogate(oracle)
-    methods["leave-one-out (every source)"] = lambda rec, f, m, y: every_loo(rec["id"])[0] - every_loo(rec["id"])[1]
+    def leave_one_out(rec, f, m, y):
+        base, l_all = every_loo(rec["id"])
+        return base - l_all
+
+    methods["leave-one-out (every source)"] = leave_one_out
     per, results = {}, {}
     print(f"{len(held)} held-out questions, {sum(len(r[0]['sources']) for r in held) / len(held):.1f} sources each")
     for name, fn in methods.items():
@@ -501,7 +521,7 @@ def oracle_top(est, n: int = TOP):
     def score(rec, f):
         prior = est.source_scores(f).to(torch.float64)
         base, l_all = float(rec["base"][-1]), set_targets(rec, "loo")[:, -1].to(torch.float64)
-        top = torch.argsort((base - l_all).abs(), descending=True)[:n].tolist()
+        top = largest_effects(base, l_all, n)
         y = torch.tensor([base] + [float(l_all[s]) for s in top], dtype=torch.float64)
         return refine_scores(prior, left_out_rows(len(prior), [[s] for s in top]), y, strength=DEFAULT_STRENGTH["top"])
 
@@ -589,8 +609,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--shards", type=int, default=None, help="only the first N train shards (a quick check)")
     args = p.parse_args(argv)
     torch.set_num_threads(2)
-    {"select": select, "recipes": recipes, "holdout-loo": holdout_loo, "holdout-extra": holdout_extra, "designs": designs, "groups": groups,
-     "test": test, "equivalent": equivalent}[args.stage](args)
+    stages = {"select": select, "recipes": recipes, "holdout-loo": holdout_loo, "holdout-extra": holdout_extra,
+              "designs": designs, "groups": groups, "test": test, "equivalent": equivalent}
+    stages[args.stage](args)
     return 0
 
 
