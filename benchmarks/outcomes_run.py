@@ -60,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", default="data/nq_rag.jsonl.gz")
     p.add_argument("--out", required=True)
+    p.add_argument("--model", default="default", help="'default' or a fetched model's name (at2-rag fetch-model)")
     p.add_argument("--device", default=None)
     p.add_argument("--dtype", default="float32")
     p.add_argument("--tf32", action="store_true", help="TF32 matrix products (float32 storage and sums)")
@@ -68,6 +69,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--stages", default=",".join(s[0] for s in STAGES))
     p.add_argument("--speed-examples", type=int, default=8, help="examples per k for the engine timing (0: skip)")
     p.add_argument("--limit", type=int, default=None, help="at most this many questions per stage (a CPU-sized run)")
+    p.add_argument("--contextcite-masks", type=int, default=64,
+                   help="ContextCite surrogate masks of eval stages (fewer: the first of the same sequence)")
+    p.add_argument("--train-masks", type=int, default=None, help="masks of train stages (the stage's own: 32)")
+    p.add_argument("--shard-size", type=int, default=64, help="questions per shard (smaller: commit a slow run as it grows)")
     p.add_argument("--dry-run", action="store_true")
     args = p.parse_args(argv)
     start = time.monotonic()
@@ -76,9 +81,9 @@ def main(argv: list[str] | None = None) -> int:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     from at2_rag import AT2Attributor
-    from at2_rag.research.outcomes import generate_outcomes
+    from at2_rag.research.outcomes import eval_sets, generate_outcomes
 
-    att = AT2Attributor.from_pretrained(device=args.device, dtype=args.dtype)
+    att = AT2Attributor.from_pretrained(args.model, None, device=args.device, dtype=args.dtype)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     log = {"device": torch.cuda.get_device_name() if att.device.type == "cuda" else "cpu",
@@ -93,6 +98,8 @@ def main(argv: list[str] | None = None) -> int:
             continue
         if args.limit is not None:
             limit = args.limit if limit is None else min(limit, args.limit)
+        if args.train_masks is not None and masks:
+            masks = args.train_masks
         if args.dry_run:
             limit, masks = 1, 4 if masks else 0
         t = time.monotonic()
@@ -100,7 +107,8 @@ def main(argv: list[str] | None = None) -> int:
             generate_outcomes(
                 att, args.data, out / name, kind=kind, split=split, k=k, limit=limit, n_masks=masks or 32,
                 max_new_tokens=new_tokens, max_batch_tokens=args.max_batch_tokens, deadline=deadline,
-                progress=False, shard_size=2 if args.dry_run else 64, granularity=granularity,
+                progress=False, shard_size=2 if args.dry_run else args.shard_size, granularity=granularity,
+                set_sizes=eval_sets(args.contextcite_masks),
             )
             status = "done"
         except TimeoutError as e:

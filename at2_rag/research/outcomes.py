@@ -42,7 +42,15 @@ from .shards import check_shard, write_shards
 OUTCOME_FORMAT = "at2-rag-ablation-outcomes/1"
 KINDS = ("train", "eval")
 EVAL_SETS = {"lds": 32, "contextcite": 64}
-"""Masks per evaluation set (the LDS masks and the ContextCite surrogates' sequence)."""
+"""Masks per evaluation set (the LDS masks and the ContextCite surrogates' sequence). A smaller
+``contextcite`` count keeps the first masks of the same sequence (a CPU-sized run of a larger model)."""
+
+
+def eval_sets(contextcite: int = EVAL_SETS["contextcite"]) -> dict[str, int]:
+    """The evaluation sets with ``contextcite`` surrogate masks (the first ones of the full sequence)."""
+    if not 2 <= contextcite <= EVAL_SETS["contextcite"]:
+        raise InputError(f"contextcite masks must be 2..{EVAL_SETS['contextcite']}, got {contextcite}")
+    return {**EVAL_SETS, "contextcite": contextcite}
 
 
 def pack_masks(masks: torch.Tensor) -> str:
@@ -73,6 +81,7 @@ def outcome_records(
     max_batch_tokens: int = 16384,
     generate_batch: int = 32,
     granularity: str | int = "sentence",
+    set_sizes: dict[str, int] = EVAL_SETS,
 ) -> list[dict[str, Any]]:
     """Outcome records of a chunk of examples: answers in batched ``generate``, then every ablated pass
     of the chunk through the batched engine. Examples whose answer is empty get no record.
@@ -90,7 +99,7 @@ def outcome_records(
             continue
         answer_ids = encode(att.tokenizer, answer)  # the canonical ids: what `attribute` sees
         n_src = len(prompt.sources)
-        sets = _mask_sets(kind, str(ex["id"]), k, n_src, n_masks, seed)
+        sets = _mask_sets(kind, str(ex["id"]), k, n_src, n_masks, seed, set_sizes)
         if kind == "train":
             spans = [(tok[0], tok[-1] + 1) for _, tok in sentence_tokens(att.tokenizer, answer_ids, answer) if tok]
         else:
@@ -127,13 +136,14 @@ def outcome_records(
     return records
 
 
-def _mask_sets(kind: str, example_id: str, k: int, n_src: int, n_masks: int, seed: int) -> dict[str, torch.Tensor]:
+def _mask_sets(kind: str, example_id: str, k: int, n_src: int, n_masks: int, seed: int,
+               sizes: dict[str, int] = EVAL_SETS) -> dict[str, torch.Tensor]:
     """The keep-masks of each set of one example (see the module docstring)."""
     if kind == "train":
         return {"train": random_masks(n_masks, n_src, 0.5, seed=example_seed(seed, f"{example_id}:{k}"))}
     loo = torch.ones(n_src, n_src, dtype=torch.bool)
     loo[torch.arange(n_src), torch.arange(n_src)] = False
-    sets = {name: random_masks(m, n_src, 0.5, seed=evaluation_seed(example_id, name)) for name, m in EVAL_SETS.items()}
+    sets = {name: random_masks(m, n_src, 0.5, seed=evaluation_seed(example_id, name)) for name, m in sizes.items()}
     return {**sets, "loo": loo}
 
 
@@ -169,6 +179,7 @@ def generate_outcomes(
     shard: tuple[int, int] | None = None,
     deadline: float | None = None,
     granularity: str | int = "sentence",
+    set_sizes: dict[str, int] = EVAL_SETS,
 ) -> list[Path]:
     """Resumable outcome shards for the first ``limit`` examples of ``split`` (see the module docstring).
 
@@ -181,7 +192,7 @@ def generate_outcomes(
     examples = read_selection(data_path, split, limit, on_error)
     recipe = {
         "format": OUTCOME_FORMAT, "kind": kind, **data_identity(data_path), "split": split, "k": k,
-        "n_masks": n_masks if kind == "train" else EVAL_SETS, "p_keep": 0.5, "seed": seed,
+        "n_masks": n_masks if kind == "train" else set_sizes, "p_keep": 0.5, "seed": seed,
         "granularity": granularity, "max_new_tokens": max_new_tokens, "target": "model answer",
         "model": ModelIdentity.of(att.model).name,
     }
@@ -190,7 +201,7 @@ def generate_outcomes(
         if deadline is not None and time.monotonic() > deadline:
             raise TimeoutError(f"out of time before {path.name}; rerun to resume")
         recs = outcome_records(att, chunk, kind=kind, k=k, n_masks=n_masks, max_new_tokens=max_new_tokens,
-                               seed=seed, max_batch_tokens=max_batch_tokens, granularity=granularity)
+                               seed=seed, max_batch_tokens=max_batch_tokens, granularity=granularity, set_sizes=set_sizes)
         write_jsonl(path, [{"format": OUTCOME_FORMAT, "recipe": recipe}, *recs])
 
     return write_shards(Path(out_dir), examples, recipe, None, shard_size, f"{kind} outcomes", progress, shard,
@@ -233,6 +244,7 @@ def merge_outcomes(folders: Sequence[str | Path], out: str | Path) -> Path:
 
 __all__ = [
     "EVAL_SETS",
+    "eval_sets",
     "KINDS",
     "OUTCOME_FORMAT",
     "generate_outcomes",
