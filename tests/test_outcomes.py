@@ -27,6 +27,7 @@ from at2_rag.research.evaluation.offline import (
 )
 from at2_rag.research.features import training_record, with_features
 from at2_rag.research.outcomes import (
+    eval_sets,
     generate_outcomes,
     merge_outcomes,
     pack_masks,
@@ -350,3 +351,30 @@ def test_token_window_outcomes_recompute_their_features(setup, tmp_path):
     assert recipe["granularity"] == 4 and all(r["granularity"] == 4 for r in records)
     rec, feats, _ = next(with_features(att, records, examples))
     assert all(b - a <= 4 for a, b in rec["sources"]) and feats.shape[-1] == len(rec["sources"]) > 10
+
+
+def test_a_larger_limit_remakes_the_short_last_outcome_shard(setup, tmp_path):
+    """Shards record their chunk's ids: limit 3 then 5 (shard size 2) remakes shard 1 with both questions."""
+    att, data, _ = setup
+    opts = dict(kind="train", split=None, k=3, n_masks=4, max_new_tokens=4, shard_size=2, progress=False)
+    generate_outcomes(att, data, tmp_path / "o", limit=3, **opts)
+    assert [r["id"] for r in read_outcomes(tmp_path / "o" / "shard-00001.jsonl.gz")[1]] == ["ex2"]
+    generate_outcomes(att, data, tmp_path / "o", limit=5, **opts)
+    _, grown = read_outcomes(tmp_path / "o")
+    generate_outcomes(att, data, tmp_path / "fresh", limit=5, **opts)
+    _, fresh = read_outcomes(tmp_path / "fresh")
+    assert [r["id"] for r in grown] == [f"ex{i}" for i in range(5)] and grown == fresh
+
+
+def test_fewer_contextcite_masks_keep_the_first_of_the_same_sequence(setup, tmp_path):
+    att, data, _ = setup
+    opts = dict(kind="eval", split=None, k=3, limit=1, max_new_tokens=4, progress=False)
+    generate_outcomes(att, data, tmp_path / "full", **opts)
+    generate_outcomes(att, data, tmp_path / "cut", set_sizes=eval_sets(8), **opts)
+    (full_recipe, [full]), (cut_recipe, [cut]) = read_outcomes(tmp_path / "full"), read_outcomes(tmp_path / "cut")
+    assert cut_recipe["n_masks"] == {"lds": 32, "contextcite": 8} and full_recipe["n_masks"]["contextcite"] == 64
+    assert torch.equal(set_masks(cut, "contextcite"), set_masks(full, "contextcite")[:8])
+    assert torch.allclose(set_targets(cut, "contextcite"), set_targets(full, "contextcite")[:8], atol=1e-4)
+    assert torch.equal(set_masks(cut, "lds"), set_masks(full, "lds"))
+    with pytest.raises(InputError, match="contextcite masks must be 2..64"):
+        eval_sets(65)

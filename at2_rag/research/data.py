@@ -18,6 +18,7 @@ import json
 import random
 import re
 import string
+import sys
 import warnings
 import zlib
 from collections.abc import Iterable, Iterator
@@ -158,18 +159,48 @@ def _decode(raw: bytes, path: str | Path, lineno: int) -> str:
 
 
 def _parse(line: str, ended: bool) -> Any:
-    """The JSON value of one line."""
+    """The JSON value of one line; what Python's parser cannot take (too deep, too many digits) is a bad row too."""
     try:
         return json.loads(line)
     except json.JSONDecodeError as exc:
         cut = "" if ended else ", and it is cut off (the file may be truncated)"
         raise _BadRow(f"not valid JSON ({exc.msg} at column {exc.colno}){cut}; fix or remove the line") from None
+    except RecursionError:
+        raise _BadRow("arrays or objects nested too deeply to read; flatten or remove the line") from None
+    except ValueError:  # Python's int-size guard (sys.get_int_max_str_digits)
+        raise _BadRow(
+            f"holds an integer of more than {sys.get_int_max_str_digits():,} digits, more than Python reads; "
+            "write it as a string or remove the line"
+        ) from None
+
+
+def json_rows(path: str | Path) -> Iterator[tuple[int, Any]]:
+    """``(line number, JSON value)`` of each non-blank line; an unreadable file or line raises one
+    :class:`InputError` naming ``path:line`` (the reader of every JSONL input, rows checked by the caller)."""
+    for lineno, line, ended in _lines(path):
+        if line.strip():
+            try:
+                value = _parse(line, ended)
+            except _BadRow as exc:
+                raise InputError(f"{path}:{lineno}: {exc}") from None
+            yield lineno, value
+
+
+def check_example(ex: Any, path: str | Path, lineno: int, first_line: dict[str, int]) -> dict[str, Any]:
+    """``ex`` checked as a dataset example (what :func:`read_dataset` accepts), so a writer refuses at build
+    time what a reader would refuse later; ``first_line`` maps the ids seen so far to their lines."""
+    try:
+        checked = _example(ex, first_line, path)
+    except _BadRow as exc:
+        raise InputError(f"{path}:{lineno}: {exc}") from None
+    first_line[checked["id"]] = lineno
+    return checked
 
 
 def _example(ex: Any, first_line: dict[str, int], path: str | Path) -> dict[str, Any]:
     """``ex`` checked against the format, with a string id and an id on every document."""
     if not isinstance(ex, dict):
-        raise _BadRow(f"each line must be a JSON object, got {_kind(ex)}")
+        raise _BadRow(f"each line must be a JSON object, got {kind_of(ex)}")
     ex_id = _example_id(ex)
     if ex_id in first_line:
         raise _BadRow(f"example {ex_id!r} repeats the id of {path}:{first_line[ex_id]}; give each example its own id")
@@ -188,7 +219,7 @@ def _example_id(ex: dict[str, Any]) -> str:
         raise _BadRow("missing required field 'id'; give every example a unique id")
     value = ex["id"]
     if isinstance(value, bool) or not isinstance(value, (str, int)) or value == "":
-        raise _BadRow(f"'id' must be a non-empty string or an integer, got {_kind(value)}")
+        raise _BadRow(f"'id' must be a non-empty string or an integer, got {kind_of(value)}")
     _check_text(str(value), "'id'")
     return str(value)
 
@@ -199,7 +230,7 @@ def _check_fields(ex: dict[str, Any]) -> None:
         if key not in ex:
             raise _BadRow(f"missing required field {key!r}; add it")
     if not isinstance(ex["question"], str) or not ex["question"].strip():
-        raise _BadRow(f"'question' must be a non-empty string, got {_kind(ex['question'])}")
+        raise _BadRow(f"'question' must be a non-empty string, got {kind_of(ex['question'])}")
     _check_text(ex["question"], "the question")
     for key in ("answers", "gold_document_ids"):
         _check_strings(ex.get(key), key)
@@ -212,7 +243,7 @@ def _check_strings(value: Any, key: str) -> None:
     if isinstance(value, str):
         raise _BadRow(f"{key!r} must be a list of strings, got one string; write [{json.dumps(value)}]")
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise _BadRow(f"{key!r} must be a list of strings, got {_kind(value)}")
+        raise _BadRow(f"{key!r} must be a list of strings, got {kind_of(value)}")
     for i, v in enumerate(value):
         _check_text(v, f"{key}[{i}]")
 
@@ -220,7 +251,7 @@ def _check_strings(value: Any, key: str) -> None:
 def _documents(docs: Any, ex_id: str) -> list[dict[str, Any]]:
     """The documents checked, each with an id (``f"{ex_id}#{i}"`` when it has none), ids unique."""
     if not isinstance(docs, list) or not docs:
-        raise _BadRow(f"'documents' must be a non-empty list of objects, got {_kind(docs)}")
+        raise _BadRow(f"'documents' must be a non-empty list of objects, got {kind_of(docs)}")
     seen: dict[str, int] = {}
     for i, doc in enumerate(docs):
         _check_document(doc, i)
@@ -235,9 +266,9 @@ def _documents(docs: Any, ex_id: str) -> list[dict[str, Any]]:
 def _check_document(doc: Any, i: int) -> None:
     """One document: a non-empty ``text``, an optional string ``title`` and an optional string ``id``."""
     if not isinstance(doc, dict):
-        raise _BadRow(f"document {i} must be an object with a 'text' string, got {_kind(doc)}")
+        raise _BadRow(f"document {i} must be an object with a 'text' string, got {kind_of(doc)}")
     if not isinstance(doc.get("text"), str) or not doc["text"].strip():
-        raise _BadRow(f"document {i} needs a non-empty 'text' string, got {_kind(doc.get('text'))}")
+        raise _BadRow(f"document {i} needs a non-empty 'text' string, got {kind_of(doc.get('text'))}")
     _check_text(doc["text"], f"the text of document {i}")
     if doc.get("title") is not None:
         if not isinstance(doc["title"], str):
@@ -245,7 +276,7 @@ def _check_document(doc: Any, i: int) -> None:
         _check_text(doc["title"], f"the title of document {i}")
     if doc.get("id") is not None:
         if not isinstance(doc["id"], str) or not doc["id"]:
-            raise _BadRow(f"document {i} needs a non-empty string 'id' (or none at all), got {_kind(doc['id'])}")
+            raise _BadRow(f"document {i} needs a non-empty string 'id' (or none at all), got {kind_of(doc['id'])}")
         _check_text(doc["id"], f"the id of document {i}")
 
 
@@ -257,7 +288,7 @@ def _check_text(text: str, what: str) -> None:
         raise _BadRow(str(exc)) from None
 
 
-def _kind(value: Any) -> str:
+def kind_of(value: Any) -> str:
     """A short description of a JSON value for an error message."""
     if isinstance(value, str):
         return f"the string {value[:40]!r}"

@@ -12,7 +12,6 @@ own (:func:`~at2_rag.research.outcomes.generate_outcomes`,
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -29,7 +28,7 @@ from .features import cached_features, training_record
 from .fitting import fit_estimator, make_instances
 from .options import ESTIMATOR_KINDS, at_least, estimator_kinds
 from .outcomes import generate_outcomes, read_outcomes, set_masks, set_targets
-from .shards import load_records, portable_recipe
+from .shards import load_records, portable_recipe, read_recipe
 from .support_fit import fit_support
 
 DEFAULT_KINDS = ESTIMATOR_KINDS
@@ -140,7 +139,7 @@ def fit_model(
         train, held_records = _split(records, holdout, lambda r: r[1]["id"])
         log(f"fitting the support estimator on {len(train)} records, {len(held_records)} held out ...")
         weights, calibration, report = fit_support(train, held_records, log=None)
-        support_recipe = portable_recipe(json.loads((work / "support" / "recipe.json").read_text()))
+        support_recipe = portable_recipe(read_recipe(work / "support") or {})
         est = Estimator(weights, ident, "query", {"method": "negative-pearson", "target": "reference answer (support)",
                                                   "data": support_recipe, **report}, calibration)
         save("support", est, report)

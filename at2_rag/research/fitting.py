@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -14,8 +12,8 @@ import torch
 
 from ..errors import InputError
 from ..estimator import Estimator, ModelIdentity
-from .options import at_least
-from .shards import load_records, portable_recipe, shard_paths
+from .options import at_least, finite_number
+from .shards import load_records, portable_recipe, read_recipe, shard_paths
 
 
 @dataclass
@@ -151,7 +149,7 @@ def fit_estimator(
     ``non_negative=True`` is shorthand for adding :class:`NonNegative` first. The history's
     ``val_pearson`` is the Pearson correlation on ``validation``, whatever the loss.
     """
-    check_fit_options(steps=steps, lr=lr, batch_size=batch_size, log_every=log_every)
+    check_fit_options(steps=steps, lr=lr, batch_size=batch_size, log_every=log_every, weight_decay=weight_decay)
     loss_fn = NegativePearson() if loss is None else loss
     constraints = [L1Normalized()] if constraints is None else list(constraints)
     if non_negative and not any(isinstance(c, NonNegative) for c in constraints):
@@ -191,13 +189,13 @@ def fit_estimator(
 
 
 def check_fit_options(**options: object) -> None:
-    """Refuse ``steps``, ``batch_size``, ``log_every`` below 1 and a ``lr`` that is not a positive number."""
+    """Refuse ``steps``, ``batch_size``, ``log_every`` below 1, a ``lr`` that is not a finite positive number
+    and a ``weight_decay`` that is not a finite number ≥ 0 (Adam's ValueError, or NaN weights, otherwise)."""
     for name in ("steps", "batch_size", "log_every"):
         if name in options:
             at_least(name, options[name])
-    lr = options.get("lr", 1.0)
-    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 < lr < math.inf:
-        raise InputError(f"lr must be a positive number (the learning rate), got {lr!r}")
+    finite_number("lr", options.get("lr", 1.0), above=True, why=" (the learning rate)")
+    finite_number("weight_decay", options.get("weight_decay", 0.0), why=" (Adam's L2 penalty; 0 turns it off)")
 
 
 def train_estimator(
@@ -210,25 +208,26 @@ def train_estimator(
 ) -> tuple[Estimator, list[dict[str, float]]]:
     """Fit an estimator from shards (validation shards only monitor, never fit).
 
-    Options and folders are checked before anything is loaded (:class:`InputError`).
+    Options, folders and the shards' ``recipe.json`` are checked before anything is loaded, and every
+    shard file as it is read, before the fit (:class:`InputError`).
     """
     if kind not in ("answer", "query"):
         raise InputError(f"kind must be 'answer' or 'query', got {kind!r}")
     check_fit_options(**fit_kwargs)
     for folder in (shard_dir, validation_dir) if validation_dir else (shard_dir,):
         shard_paths(folder)
+    data_recipe = read_recipe(shard_dir)
     records = load_records(shard_dir)
     train = make_instances(records, kind)
     val = make_instances(load_records(validation_dir), kind) if validation_dir else None
     t0 = time.perf_counter()
     weights, history = fit_estimator(train, val, **fit_kwargs)
-    recipe_file = Path(shard_dir) / "recipe.json"
     fit = {k: v for k, v in fit_kwargs.items() if k not in ("log", "loss", "constraints")}
     if fit_kwargs.get("constraints") is not None:
         fit["constraints"] = [c.name for c in fit_kwargs["constraints"]]
     recipe = {
         "method": getattr(fit_kwargs.get("loss"), "name", "negative-pearson"),
-        "data": portable_recipe(json.loads(recipe_file.read_text())) if recipe_file.exists() else {},
+        "data": portable_recipe(data_recipe) if data_recipe is not None else {},
         "examples": len(records),
         "instances": len(train),
         "fit": fit,

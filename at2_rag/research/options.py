@@ -3,6 +3,8 @@ hours later with a ZeroDivisionError or a folder of empty shards."""
 
 from __future__ import annotations
 
+import math
+import numbers
 import operator
 
 from ..errors import InputError
@@ -31,6 +33,16 @@ def open_fraction(name: str, value: object) -> float:
     return float(value)
 
 
+def finite_number(name: str, value: object, minimum: float = 0.0, *, above: bool = False, why: str = "") -> float:
+    """``value`` as a float when it is a finite real number ≥ ``minimum`` (> with ``above``), never a bool;
+    else InputError (an optimiser would raise its own ValueError, or silently compute NaN, later)."""
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or (value <= minimum if above else value < minimum):  # type: ignore[operator]
+        bound = f"above {minimum:g}" if above else f"at least {minimum:g}"
+        raise InputError(f"{name} must be a finite number {bound}{why}, got {value!r}")
+    return float(value)  # type: ignore[arg-type]
+
+
 def mask_count(n_masks: object) -> int:
     """``n_masks``: at least 2, since a correlation across masks needs two."""
     return at_least("n_masks", n_masks, 2, " (a correlation across masks needs two)")
@@ -51,4 +63,6 @@ def estimator_kinds(kinds: object) -> tuple[str, ...]:
     return got
 
 
-__all__ = ["ESTIMATOR_KINDS", "at_least", "estimator_kinds", "mask_count", "open_fraction", "optional_limit"]
+__all__ = [
+    "ESTIMATOR_KINDS", "at_least", "estimator_kinds", "finite_number", "mask_count", "open_fraction", "optional_limit",
+]

@@ -202,7 +202,9 @@ def generate_outcomes(
             raise TimeoutError(f"out of time before {path.name}; rerun to resume")
         recs = outcome_records(att, chunk, kind=kind, k=k, n_masks=n_masks, max_new_tokens=max_new_tokens,
                                seed=seed, max_batch_tokens=max_batch_tokens, granularity=granularity, set_sizes=set_sizes)
-        write_jsonl(path, [{"format": OUTCOME_FORMAT, "recipe": recipe}, *recs])
+        # The chunk's ids let a rerun with a larger limit remake a short last shard (shards.write_shards).
+        header = {"format": OUTCOME_FORMAT, "recipe": recipe, "chunk": [str(ex["id"]) for ex in chunk]}
+        write_jsonl(path, [header, *recs])
 
     return write_shards(Path(out_dir), examples, recipe, None, shard_size, f"{kind} outcomes", progress, shard,
                         write_chunk=write_chunk, suffix=".jsonl.gz")
