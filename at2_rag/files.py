@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import math
 import os
 import re
 import shutil
 import socket
+import stat
 import tempfile
 import time
 from collections.abc import Iterator
@@ -23,6 +25,7 @@ writer, dequantising the default model or saving a large index, holds one for mi
 and a live writer keeps touching it; six hours leaves a wide margin while still reclaiming the
 hundreds of megabytes a killed process leaves behind."""
 _RANDOM = r"[a-z0-9_]{8}"  # the random part tempfile.mkstemp / mkdtemp put in a name
+_SURROGATE = re.compile("[\ud800-\udfff]")  # what Python decodes an undecodable byte of a name or argument to
 
 
 def current_umask() -> int:
@@ -114,14 +117,19 @@ def _creator(tag: str) -> str:
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary sibling of ``path`` to write; move it into place when the block ends.
 
-    On success the finished file gets the permissions a plain ``open(path, "w")`` would give a new
-    file (``0o666`` less the umask, not ``mkstemp``'s ``0o600``) and replaces ``path`` in one step
-    (``os.replace``), so readers see the old file or the new one, never half of one. If the block
-    raises, the temporary file is removed and ``path`` is left as it was. Parent folders are created.
+    On success the finished file replaces ``path`` in one step (``os.replace``), so readers see the old
+    file or the new one, never half of one. It keeps the permissions of the file it replaces (a 0600
+    estimator stays private); a new file gets what a plain ``open(path, "w")`` would give it (``0o666``
+    less the umask, not ``mkstemp``'s ``0o600``). A symbolic link at ``path`` is written through: its
+    target is replaced and the link stays. Anything but a regular file at ``path`` (a device, a FIFO,
+    a folder) is refused with :class:`FileExistsError`, never replaced. If the block raises, the
+    temporary file is removed and ``path`` is left as it was. Parent folders are created.
     The temporary is named ``<name>.<tag>-<pid>-XXXXXXXX.tmp``, so ones left by killed processes
     are removed on a later write (see :func:`_is_stale`).
     """
-    path = Path(path)
+    path = Path(os.path.realpath(path)) if os.path.islink(path) else Path(path)
+    if path.exists() and not path.is_file():  # renaming over a folder fails; over a device it would succeed
+        raise FileExistsError(errno.EEXIST, "not a regular file, so it is not replaced", str(path))
     path.parent.mkdir(parents=True, exist_ok=True)
     pattern = re.compile(re.escape(path.name) + rf"\.(?P<tag>[0-9a-f]{{8}})-(?P<pid>\d+)-{_RANDOM}\.tmp")
     tag = _owner_tag()
@@ -132,11 +140,19 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     tmp = Path(name)
     try:
         yield tmp
-        os.chmod(tmp, 0o666 & ~current_umask())
+        os.chmod(tmp, _kept_mode(path, 0o666 & ~current_umask()))
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def _kept_mode(path: Path, default: int) -> int:
+    """The permission bits of the file at ``path`` (so a rewrite keeps them), or ``default`` when there is none."""
+    try:
+        return stat.S_IMODE(os.stat(path).st_mode) & 0o777
+    except OSError:
+        return default
 
 
 def atomic_write_text(path: str | os.PathLike, text: str, encoding: str = "utf-8") -> Path:
@@ -192,14 +208,29 @@ def write_error(folder: Path) -> OSError | None:
     return None
 
 
+def utf8_text(text: str) -> str:
+    """``text`` with each lone surrogate written as ``\\xNN`` (the undecodable byte of a file name or
+    argument it stands for) or ``\\uNNNN``: such text cannot be written as UTF-8 (a crash, or invalid
+    bytes under a ``surrogateescape`` stream)."""
+    return _SURROGATE.sub(_escaped_surrogate, text)
+
+
+def _escaped_surrogate(match: re.Match[str]) -> str:
+    """How :func:`utf8_text` writes one lone surrogate."""
+    code = ord(match.group())
+    return f"\\x{code - 0xDC00:02x}" if 0xDC80 <= code <= 0xDCFF else f"\\u{code:04x}"
+
+
 def json_safe(value: Any) -> Any:
-    """``value`` with every non-finite float (NaN, ±inf) replaced by None, in nested dicts, lists and
-    tuples: JSON has no NaN or infinity, and ``json.dumps`` would otherwise write ``NaN``, which strict
-    parsers reject."""
+    """``value`` with every non-finite float (NaN, ±inf) replaced by None, and every string made
+    UTF-8-writable (:func:`utf8_text`), in nested dicts, lists and tuples: JSON has no NaN or infinity,
+    and ``json.dumps`` would otherwise write ``NaN`` or a lone surrogate, which strict parsers reject."""
     if isinstance(value, float):
         return value if math.isfinite(value) else None
+    if isinstance(value, str):
+        return utf8_text(value)
     if isinstance(value, dict):
-        return {key: json_safe(item) for key, item in value.items()}
+        return {json_safe(key): json_safe(item) for key, item in value.items()}
     if isinstance(value, (list, tuple)):
         return [json_safe(item) for item in value]
     return value

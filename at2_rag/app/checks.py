@@ -51,6 +51,30 @@ estimator_kinds = _argument(lambda text: tuple(k.strip() for k in text.split(","
 """argparse type: estimator kinds, e.g. ``answer,query,support``."""
 
 
+def text_argument(value: str) -> str:
+    """argparse type of a text argument (a question, an answer): valid Unicode, so it can be tokenised
+    and written back as UTF-8; an undecodable byte (a lone surrogate, as Python passes it on) is refused."""
+    bad = next((i for i, c in enumerate(value) if "\ud800" <= c <= "\udfff"), None)
+    if bad is not None:
+        raise argparse.ArgumentTypeError(
+            f"is not valid UTF-8 text (an undecodable byte at character {bad}); pass UTF-8 text"
+        )
+    return value
+
+
+def model_options(args: argparse.Namespace) -> None:
+    """``--model``, ``--device`` and ``--dtype`` checked by the loader's own rules before anything runs or
+    loads. A device need only exist here when this process loads the model (not for ``train-data --ray``,
+    whose workers do); ``train`` reads only the model's config, so its folder need hold no weights."""
+    from ..models import check_model, parse_device, resolve_device, resolve_dtype
+
+    loads_here = not (args.command == "train-data" and getattr(args, "ray", None) is not None)
+    if hasattr(args, "device"):
+        device = resolve_device(args.device) if loads_here else parse_device(args.device)
+        resolve_dtype(args.dtype, device)
+    check_model(args.model, weights=hasattr(args, "device"))
+
+
 def input_file(path: str, what: str) -> Path:
     """An existing regular file that can be read."""
     p = Path(path)
@@ -99,6 +123,8 @@ def output_file(path: str | None, what: str) -> None:
     folder = p.parent if str(p.parent) else Path(".")
     if p.is_dir():
         raise InputError(f"{what} {path} is a directory; pass a file name")
+    if p.exists() and not p.is_file():
+        raise InputError(f"{what} {path} is not a regular file (a device or FIFO?); pass a file name")
     if not folder.is_dir():
         raise InputError(f"the folder of {what} {path} does not exist; create {folder} first")
     if not os.access(folder, os.W_OK) or (p.exists() and not os.access(p, os.W_OK)):

@@ -16,11 +16,13 @@ from .checks import (
     input_file,
     kept_chunks,
     masks_count,
+    model_options,
     open_fraction,
     output_file,
     positive_int,
     read_text_file,
     refine_ablations,
+    text_argument,
 )
 
 DESCRIPTION = (
@@ -264,7 +266,12 @@ def cmd_attribute(args) -> int:
     att = _attributor(args, args.estimator, granularity=args.granularity)
     result = att.generate(args.question, docs) if args.answer is None else att.attribute(args.question, docs, args.answer)
     result = att.refined(result, args.refine)
-    print(json.dumps(json_safe(result.to_dict()), indent=1, allow_nan=False) if args.json else str(result))
+    if args.json:
+        print(json.dumps(json_safe(result.to_dict()), indent=1, allow_nan=False))
+    else:
+        from .terminal import printable
+
+        print(printable(str(result)))
     return 0
 
 
@@ -303,7 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = _command(sub, "ask", "ask a question over your own folder of .txt / .md files")
     _add_model_args(p)
     _add_pipeline_args(p)
-    p.add_argument("question", help="the question to answer from the corpus")
+    p.add_argument("question", type=text_argument, help="the question to answer from the corpus")
     p.add_argument("--corpus", required=True, help="a folder of .txt / .md files (searched recursively)")
     p.add_argument("--chunk-words", type=positive_int, default=120,
                    help="words per chunk (whole sentences; a markdown heading joins the text under it)")
@@ -314,15 +321,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true",
                    help="print the result as JSON: the run's settings, both answers (also with [n] chunk markers), "
                         "every chunk with its file and character offsets, the kept order and the citations")
-    p.add_argument("--reference-answer", action="append", default=None, metavar="TEXT",
+    p.add_argument("--reference-answer", action="append", type=text_argument, default=None, metavar="TEXT",
                    help="an accepted answer (repeatable): both answers are then marked correct or incorrect")
     p.set_defaults(func=cmd_ask)
 
     p = _command(sub, "attribute", "answer (or attribute --answer) over document files")
     _add_model_args(p)
-    p.add_argument("question", help="the question to answer from the documents")
+    p.add_argument("question", type=text_argument, help="the question to answer from the documents")
     p.add_argument("documents", nargs="+", help="text files, one document each")
-    p.add_argument("--answer", default=None, help="attribute this answer instead of generating one")
+    p.add_argument("--answer", type=text_argument, default=None,
+                   help="attribute this answer instead of generating one")
     p.add_argument("--estimator", default="default", help=ESTIMATOR_HELP)
     p.add_argument("--granularity", default="document", type=lambda s: int(s) if s.isdigit() else s,
                    help="what a source is: 'document', 'sentence', or a number of tokens")
@@ -460,14 +468,24 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "estimator", None) == "none":
         args.estimator = None
     try:
+        if hasattr(args, "model"):
+            model_options(args)
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         print("interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
     except (AT2Error, ImportError) as e:  # bad input or a missing package: a message, not a traceback
-        print(f"at2-rag: error: {e}", file=sys.stderr)
-        return 2
+        return _error(str(e))
     except OSError as e:  # a file problem the checks above could not foresee (disk full, a file vanished)
         where = f": {e.filename}" if e.filename else ""
-        print(f"at2-rag: error: {e.strerror or e}{where}", file=sys.stderr)
-        return 2
+        return _error(f"{e.strerror or e}{where}")
+
+
+def _error(message: str) -> int:
+    """Print ``message`` as the one line ``at2-rag: error: ...`` on stderr (line breaks and terminal
+    controls from file names or a library's message removed); returns the exit status, 2."""
+    from .terminal import printable
+
+    line = " ".join(part.strip() for part in message.strip().splitlines())
+    print(f"at2-rag: error: {printable(line)}", file=sys.stderr)
+    return 2

@@ -16,6 +16,7 @@ import codecs
 import json
 import os
 import re
+import stat
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from pathlib import Path
 
 from ..documents import Document
 from ..errors import InputError
+from ..files import utf8_text
 from ..sentences import split_sentences
 
 DEFAULT_CHUNK_WORDS = 120
@@ -136,8 +138,11 @@ def load_folder(
     root = Path(path).expanduser()
     if not root.exists():
         raise InputError(f"corpus folder {str(root)!r} does not exist; pass a folder of .txt or .md files")
+    if not (root.is_dir() or root.is_file()):
+        raise InputError(f"corpus {str(root)!r} is not a folder or a regular file (a device, FIFO or socket); "
+                         "pass a folder of .txt or .md files")
     walk = _FolderWalk(root, suffixes, follow_links) if root.is_dir() else None
-    files = walk.files() if walk else [(root, root.name)]
+    files = walk.files() if walk else [(root, utf8_text(root.name))]
     links, skipped = (sorted(walk.links), sorted(walk.skipped)) if walk else ([], [])
     if not files:
         raise InputError(_no_files_message(root, suffixes, links, skipped))
@@ -186,25 +191,30 @@ class _FolderWalk:
         except OSError as err:
             self.skipped.append((str(Path(*parts)) if parts else ".", f"folder: {_why(err)}"))
             return
-        for entry in entries:
-            self._entry(entry, (*parts, entry.name), os.path.join(real, entry.name))
+        for entry in entries:  # names as shown (undecodable bytes as \xNN), so every id and title is UTF-8
+            self._entry(entry, (*parts, utf8_text(entry.name)), os.path.join(real, entry.name))
 
     def _entry(self, entry: os.DirEntry, parts: tuple[str, ...], real: str) -> None:
-        """Queue a folder, or record a text file, following a link only inside the folder by default."""
+        """Queue a folder, or record a text file, following a link only inside the folder by default; a
+        FIFO, device or socket with a text file's name is skipped (never opened: it could block or never end)."""
         link = entry.is_symlink()
         try:
             is_dir = entry.is_dir()
-            is_text = not is_dir and entry.is_file() and Path(entry.name).suffix.lower() in self.suffixes
+            named = not is_dir and Path(entry.name).suffix.lower() in self.suffixes
+            is_text = named and entry.is_file()
+            special = named and not is_text and os.path.exists(entry.path)  # not a dangling link
         except OSError:  # a link loop, or an entry that went away: nothing to read
             return
-        if not (is_dir or is_text):
+        if not (is_dir or is_text or special):
             return
         if link:
             real = os.path.realpath(entry.path)
             if not self.follow_links and not _inside(real, self.top):
                 self.links.append(str(Path(*parts)))
                 return
-        if is_dir:
+        if special:
+            self.skipped.append((str(Path(*parts)), "not a regular file"))
+        elif is_dir:
             if real not in self._seen:
                 self._seen.add(real)
                 self._queue.append((entry.path, parts, real))
@@ -220,11 +230,19 @@ def _inside(path: str, folder: str) -> bool:
 def _read_text(path: Path) -> tuple[str | None, str]:
     """A file's text, or None and why it could not be read."""
     try:
-        raw = path.read_bytes()
+        raw = _regular_file_bytes(path)
     except OSError as err:
         return None, _why(err)
     text = next((t for t in _decodings(raw) if _looks_like_text(t)), None)
     return text, "" if text is not None else "binary"
+
+
+def _regular_file_bytes(path: Path) -> bytes:
+    """The bytes of ``path`` if it is a regular file, checked just before it is read, so a FIFO or device
+    put in a file's place after the walk is refused, not read (a FIFO blocks, ``/dev/zero`` never ends)."""
+    if not stat.S_ISREG(os.stat(path).st_mode):
+        raise OSError(0, "not a regular file")
+    return path.read_bytes()
 
 
 def _decodings(raw: bytes) -> Iterator[str]:

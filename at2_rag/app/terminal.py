@@ -8,19 +8,23 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 from ..citations import Citation
+from ..files import utf8_text
 from ..models import DEFAULT_MODEL, default_model_cached
 from .corpus import chunk_label
 from .pipeline import AGREEMENT, AnswerComparison, QAResult, RunSettings
 
 # C0 controls but tab and newline, DEL and the C1 controls: removed from any text shown, so corpus
 # text cannot move the cursor, retitle the window or hide output (ANSI CSI / OSC sequences start
-# with ESC or a C1 byte; without it the rest is inert text).
-_CONTROLS = dict.fromkeys([*range(0x00, 0x09), *range(0x0B, 0x20), 0x7F, *range(0x80, 0xA0)])
+# with ESC or a C1 byte; without it the rest is inert text). Also the bidirectional overrides,
+# embeddings, isolates and marks (U+202E shows "txt.exe" as "exe.txt"): shown text reads as stored.
+_BIDI = [0x061C, 0x200E, 0x200F, *range(0x202A, 0x202F), *range(0x2066, 0x206A)]
+_CONTROLS = dict.fromkeys([*range(0x00, 0x09), *range(0x0B, 0x20), 0x7F, *range(0x80, 0xA0), *_BIDI])
 
 
 def printable(text: str) -> str:
-    """``text`` without terminal control characters (see ``_CONTROLS``)."""
-    return text.translate(_CONTROLS)
+    """``text`` as it may reach a terminal: without control characters (see ``_CONTROLS``) and with
+    undecodable bytes written as ``\\xNN`` (:func:`~at2_rag.files.utf8_text`). Every view uses it."""
+    return utf8_text(text).translate(_CONTROLS)
 
 
 if TYPE_CHECKING:
