@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ..attributor import AT2Attributor
 from ..citations import Citation, cite, with_markers
-from ..documents import Document
+from ..documents import Document, DocumentLike, as_documents, check_encodable
+from ..errors import InputError
 from ..estimator import ModelIdentity
 from ..policy import DEFAULT_POLICY, KeepPolicy
 from ..pruning import Mode, Pruner, PruneResult
@@ -293,32 +294,43 @@ class RAGPipeline:
         full_answer: bool = False,
         refine_ablations: int = 0,
     ) -> None:
-        if k < 1:
-            raise ValueError(f"k must be at least 1, got {k}")
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise InputError(f"k must be a positive int (chunks to retrieve per question), got {k!r}")
+        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+            # the attributor's own rule, checked before any work rather than after retrieval and scoring
+            raise InputError(f"max_new_tokens must be a positive int (tokens to generate), got {max_new_tokens!r}")
+        self.max_new_tokens = max_new_tokens
         self.refine_ablations = check_refine_ablations(refine_ablations, allow_zero=True)
         self.attributor = attributor
         self.index = index
         self.k = k
-        self.max_new_tokens = max_new_tokens
         self.full_answer = full_answer
         self.pruner = Pruner(attributor, mode=mode, policy=policy, max_new_tokens=max_new_tokens)
 
-    def ask(self, question: str, references: Sequence[str] | None = None) -> QAResult:
+    def ask(self, question: str, references: Iterable[str] | None = None) -> QAResult:
         """Answer ``question`` from the index with pruned context and measured citations.
 
         ``references`` (accepted answers, when known) let the result say whether each answer is correct.
         """
+        check_question(question)  # before retrieval: the retriever's tokenizer cannot take a bad question
+        refs = check_references(references)
         t0 = time.perf_counter()
         hits = self.index.search(question, self.k)
         docs, sims = [d for d, _ in hits], [s for _, s in hits]
-        return self.answer(question, docs, sims, t_retrieve=time.perf_counter() - t0, references=references)
+        return self.answer(question, docs, sims, t_retrieve=time.perf_counter() - t0, references=refs)
 
     def answer(
-        self, question: str, documents: Sequence[Document], retrieval_scores: Sequence[float] | None = None,
-        *, t_retrieve: float = 0.0, references: Sequence[str] | None = None,
+        self, question: str, documents: Sequence[DocumentLike], retrieval_scores: Iterable[float] | None = None,
+        *, t_retrieve: float = 0.0, references: Iterable[str] | None = None,
     ) -> QAResult:
-        """Prune ``documents`` (already retrieved), regenerate from the kept ones and cite."""
-        docs = list(documents)
+        """Prune ``documents`` (already retrieved), regenerate from the kept ones and cite.
+
+        ``retrieval_scores``, when given, holds one score per document (in their order).
+        """
+        check_question(question)
+        refs = check_references(references)
+        docs = as_documents(documents)  # a bare string is one error, not one document per character
+        sims = _check_scores(retrieval_scores, len(docs))
         t1 = time.perf_counter()
         pruned = self.pruner.prune(question, docs)
         t2 = time.perf_counter()
@@ -335,8 +347,40 @@ class RAGPipeline:
                 question, docs, granularity="sentence", max_new_tokens=self.max_new_tokens
             ), self.refine_ablations)
             seconds["full_context_answer"] = time.perf_counter() - t3
-        sims = list(retrieval_scores) if retrieval_scores is not None else [float("nan")] * len(docs)
-        return QAResult(
-            question, pruned.documents, sims, pruned, final, cite(final), seconds,
-            tuple(references) if references is not None else None, full,
+        return QAResult(question, pruned.documents, sims, pruned, final, cite(final), seconds, refs, full)
+
+
+def check_question(question: object) -> str:
+    """``question`` as given, or :class:`InputError` unless it is a non-empty string a tokenizer can encode."""
+    if not isinstance(question, str) or not question.strip():
+        raise InputError(f"the question must be a non-empty string, got {question!r:.60}")
+    check_encodable(question, "the question")
+    return question
+
+
+def check_references(references: Iterable[str] | None) -> tuple[str, ...] | None:
+    """Reference answers as a tuple (None: unknown), or :class:`InputError` unless a collection of strings."""
+    if references is None:
+        return None
+    if isinstance(references, (str, bytes)) or not isinstance(references, Iterable):
+        raise InputError(
+            f"references must be a list of accepted answers, got a {type(references).__name__} "
+            f"{references!r:.60}; wrap a single answer in a list: references=[answer]"
         )
+    refs = tuple(references)
+    for i, ref in enumerate(refs):
+        if not isinstance(ref, str):
+            raise InputError(f"reference answer {i} is a {type(ref).__name__}, not a string; pass strings")
+        check_encodable(ref, f"reference answer {i}")
+    return refs
+
+
+def _check_scores(scores: Iterable[float] | None, n: int) -> list[float]:
+    """One retrieval score per document (NaN for each when ``scores`` is None), else :class:`InputError`."""
+    if scores is None:
+        return [float("nan")] * n
+    values = None if isinstance(scores, (str, bytes)) or not isinstance(scores, Iterable) else list(scores)
+    if values is None or len(values) != n:
+        got = f"a {type(scores).__name__}" if values is None else f"{len(values)} scores"
+        raise InputError(f"retrieval_scores must hold one score per document: {n} documents, got {got}")
+    return values

@@ -15,7 +15,7 @@ from langchain_core.retrievers import RetrieverLike
 from langchain_core.runnables import Runnable, RunnableConfig, RunnableLambda, RunnableSerializable
 from langchain_core.runnables.config import patch_config
 from langchain_core.runnables.utils import AddableDict
-from pydantic import ConfigDict, Field, field_validator
+from pydantic import ConfigDict, Field, StrictFloat, StrictInt, field_validator
 from typing_extensions import override
 
 import at2_rag
@@ -96,11 +96,11 @@ class AT2CitedAnswer(LocalModelFields, RunnableSerializable[CitedInput, dict[str
     """Prompt for ``llm``, with the variables ``context`` and ``question``."""
     compressor: AT2DocumentCompressor | None = None
     """Prunes the documents before the final answer (its local model is shared when none is given)."""
-    max_sources: int = Field(default=3, ge=1)
+    max_sources: StrictInt = Field(default=3, ge=1)
     """At most this many cited sources per answer sentence."""
-    relative: float = Field(default=0.5, ge=0.0, le=1.0)
+    relative: StrictFloat = Field(default=0.5, ge=0.0, le=1.0)
     """Cite a source only if it carries at least this fraction of the sentence's best score."""
-    refine_ablations: int = 0
+    refine_ablations: StrictInt = 0
     """Sharpen the citations with this many ablated passes of the local model (AT2 + N: the N
     top-scored sources left out one at a time; N + 1 more passes per answer); 0: AT2 alone."""
 

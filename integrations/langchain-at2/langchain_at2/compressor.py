@@ -11,7 +11,7 @@ from langchain_core._api import warn_deprecated
 from langchain_core.callbacks import Callbacks
 from langchain_core.documents import BaseDocumentCompressor, Document
 from langchain_core.runnables import RunnableLambda
-from pydantic import ConfigDict, Field, PrivateAttr, model_validator
+from pydantic import ConfigDict, Field, PrivateAttr, StrictFloat, StrictInt, model_validator
 from typing_extensions import override
 
 from at2_rag import SENTENCE_POLICY, AT2Attributor, KeepPolicy, Pruner, PruneResult, keep_policy
@@ -71,17 +71,17 @@ class AT2DocumentCompressor(LocalModelFields, BaseDocumentCompressor):
     estimator of the model's own answers."""
     policy: KeepPolicy | None = None
     """The whole keep policy (then leave the shorthands below unset); None: built from them."""
-    top_n: int | None = None
+    top_n: StrictInt | None = None
     """Keep at most this many documents (None: the default policy's 1)."""
-    top_k: int | None = None
+    top_k: StrictInt | None = None
     """Alias of ``top_n`` (the keep policy's name for it)."""
-    threshold: float | None = None
+    threshold: StrictFloat | None = None
     """Keep only documents scoring at least this (keep-score units)."""
-    relative: float | None = None
+    relative: StrictFloat | None = None
     """Keep only documents scoring at least this fraction (0-1) of the best score."""
-    token_budget: int | None = None
+    token_budget: StrictInt | None = None
     """Keep documents, best first, while their prompt tokens stay within this budget."""
-    min_keep: int | None = None
+    min_keep: StrictInt | None = None
     """Always keep at least this many of the best documents (None: 1)."""
     sentence_policy: KeepPolicy | None = None
     """Also drop the unused sentences inside kept documents, keeping those this policy selects among
@@ -92,7 +92,7 @@ class AT2DocumentCompressor(LocalModelFields, BaseDocumentCompressor):
     query_estimator: str | None = "default"
     """Estimator for the support and query modes: ``"default"`` (the mode's shipped one), a path, or
     None (uniform)."""
-    rank_weight: float | None = Field(default=None, ge=0, allow_inf_nan=False)
+    rank_weight: StrictFloat | None = Field(default=None, ge=0, allow_inf_nan=False)
     """Weight of the retriever's rank (the documents' order, best first) in the keep score; None: the
     mode's default (fitted with the support estimator; 0 in the other modes). Set 0 when the order
     of the documents says nothing about relevance."""

@@ -25,10 +25,22 @@ SPANS_KEY = "attribution_spans"
 
 
 def check_question(question: Any, what: str = "query") -> str:
-    """The question itself, or :class:`~at2_rag.InputError` when it is not a non-empty string."""
+    """The question itself, or :class:`~at2_rag.InputError` unless it is a non-empty string a tokenizer can encode."""
     if not isinstance(question, str) or not question.strip():
-        raise InputError(f"the {what} must be a non-empty string, got {question!r}")
-    return question
+        raise InputError(f"the {what} must be a non-empty string, got {question!r:.60}")
+    return check_text(question, f"the {what}")
+
+
+def check_text(text: str, what: str) -> str:
+    """``text`` itself, or :class:`~at2_rag.InputError` when it holds a lone surrogate (no tokenizer can encode it)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise InputError(
+            f"{what} contains a lone surrogate {text[e.start]!r} at character {e.start} (broken UTF-16 "
+            "or a bad \\u escape); repair or remove it"
+        ) from None
+    return text
 
 
 def non_empty(documents: Sequence[Document], owner: str) -> list[int]:

@@ -5,10 +5,12 @@ from __future__ import annotations
 import threading
 
 from langchain_core.embeddings import Embeddings
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, StrictInt
 from typing_extensions import override
 
 from at2_rag import MiniLMEmbedder
+
+from .documents import check_text
 
 
 class AT2BundledEmbeddings(BaseModel, Embeddings):
@@ -29,9 +31,9 @@ class AT2BundledEmbeddings(BaseModel, Embeddings):
 
     device: str = "cpu"
     """Device for the embedding model."""
-    batch_size: int = Field(default=64, ge=1)
+    batch_size: StrictInt = Field(default=64, ge=1)
     """Texts embedded per forward pass."""
-    max_length: int = Field(default=256, ge=1)
+    max_length: StrictInt = Field(default=256, ge=1)
     """Tokens per text; longer texts are truncated (as sentence-transformers does for this model)."""
 
     _embedder: MiniLMEmbedder | None = PrivateAttr(default=None)
@@ -49,9 +51,11 @@ class AT2BundledEmbeddings(BaseModel, Embeddings):
         """One embedding per text."""
         if not texts:
             return []
+        for i, text in enumerate(texts):
+            check_text(text, f"text {i}")  # a lone surrogate would be a tokenizer TypeError
         return self._model().encode(list(texts), batch_size=self.batch_size).tolist()
 
     @override
     def embed_query(self, text: str) -> list[float]:
         """The embedding of one query."""
-        return self.embed_documents([text])[0]
+        return self.embed_documents([check_text(text, "the query")])[0]

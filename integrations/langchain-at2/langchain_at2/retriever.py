@@ -7,10 +7,11 @@ from typing import Any, Self
 from langchain_core.callbacks import AsyncCallbackManagerForRetrieverRun, CallbackManagerForRetrieverRun
 from langchain_core.documents import Document
 from langchain_core.retrievers import BaseRetriever, RetrieverLike
-from pydantic import ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field, StrictInt, model_validator
 from typing_extensions import override
 
 from .compressor import AT2DocumentCompressor, top_n_or_k
+from .documents import check_text
 
 COMPRESSOR_SETTINGS = frozenset(AT2DocumentCompressor.model_fields) - {"top_n"} | {"attributor"}
 """Arguments of the retriever that configure the compressor it builds when none is given."""
@@ -40,9 +41,9 @@ class AT2PruningRetriever(BaseRetriever):
     """The retriever whose results are pruned."""
     compressor: AT2DocumentCompressor = Field(default_factory=AT2DocumentCompressor)
     """Scores and keeps documents (mode, keep policy, local model)."""
-    top_n: int | None = None
+    top_n: StrictInt | None = None
     """Return at most this many documents (replaces the compressor's limit; None keeps it)."""
-    k: int | None = None
+    k: StrictInt | None = None
     """Deprecated alias of ``top_n``."""
 
     @model_validator(mode="before")
@@ -69,6 +70,13 @@ class AT2PruningRetriever(BaseRetriever):
             return limit
         return self.top_n if self.top_n is not None else self.k
 
+    def _checked(self, query: str, top_n: int | None, k: int | None) -> int | None:
+        """This call's limit, after checking it and the query: bad input fails before the base retriever runs."""
+        limit = self._top_n(top_n, k)
+        self.compressor.resolved_policy(limit)  # the core validates the limit
+        check_text(query, "the query")  # a lone surrogate would reach the base retriever's tokenizer
+        return limit
+
     @override
     def _get_relevant_documents(
         self,
@@ -79,7 +87,7 @@ class AT2PruningRetriever(BaseRetriever):
         k: int | None = None,
         **kwargs: Any,
     ) -> list[Document]:
-        limit = self._top_n(top_n, k)
+        limit = self._checked(query, top_n, k)
         docs = self.base_retriever.invoke(query, config={"callbacks": run_manager.get_child()}, **kwargs)
         return list(self.compressor.compress_documents(docs, query, callbacks=run_manager.get_child(), top_n=limit))
 
@@ -93,7 +101,7 @@ class AT2PruningRetriever(BaseRetriever):
         k: int | None = None,
         **kwargs: Any,
     ) -> list[Document]:
-        limit = self._top_n(top_n, k)
+        limit = self._checked(query, top_n, k)
         docs = await self.base_retriever.ainvoke(query, config={"callbacks": run_manager.get_child()}, **kwargs)
         kept = await self.compressor.acompress_documents(docs, query, callbacks=run_manager.get_child(), top_n=limit)
         return list(kept)

@@ -31,6 +31,7 @@ from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle
 from llama_index.core.settings import Settings
 
 from at2_rag import (
+    CITATION_POLICY,
     AT2Attributor,
     Attribution,
     Document,
@@ -40,9 +41,11 @@ from at2_rag import (
     TokenStream,
     check_refine_ablations,
     cite,
+    keep_policy,
     with_markers,
 )
 
+from .checks import check_text
 from .llm import AT2LLM
 from .nodes import annotate, nodes_with_text, to_documents
 from .postprocessor import AT2Postprocessor
@@ -69,8 +72,8 @@ class AT2CitationQueryEngine(BaseQueryEngine):
         response_synthesizer: how ``llm`` is prompted (default: compact mode, LlamaIndex's QA prompt).
         granularity: citation sources, ``"sentence"`` (default) or ``"document"``.
         max_sources, relative: at most this many sources per answer sentence, each scoring at least
-            ``relative`` x the sentence's best (see :func:`at2_rag.cite`).
-        max_new_tokens: answer length when the local model answers.
+            ``relative`` x the sentence's best (see :func:`at2_rag.cite`); checked at construction.
+        max_new_tokens: answer length when the local model answers (None: the attributor's default).
         refine_ablations: sharpen the citations with this many ablated passes of the local model
             (AT2 + N: the N top-scored sources left out one at a time; N + 1 more passes per answer,
             run before the response, or a stream's end, is complete); 0 (default): AT2 alone.
@@ -80,6 +83,10 @@ class AT2CitationQueryEngine(BaseQueryEngine):
         citation_chunk_size, citation_chunk_overlap, text_splitter: split each retrieved node into
             chunks before answering and citing, as LlamaIndex's ``CitationQueryEngine`` does (a
             ``SentenceSplitter`` of ``citation_chunk_size`` tokens); None (default): cite whole nodes.
+
+    Bad settings raise ``ValueError`` at construction (never a bool for a count), as the other
+    components' pydantic fields do; a query with a lone surrogate raises ``at2_rag.InputError``
+    before retrieval.
 
     The response's ``source_nodes`` keep their order, so marker ``[n]`` is ``source_nodes[n-1]``;
     each is an annotated copy scored by its attribution to the whole answer. ``response.metadata``
@@ -110,6 +117,9 @@ class AT2CitationQueryEngine(BaseQueryEngine):
         callback_manager: Optional[CallbackManager] = None,
     ) -> None:
         self._refine_ablations = check_refine_ablations(refine_ablations, "refine_ablations", allow_zero=True)
+        self._citation_policy = _citation_policy(max_sources, relative)
+        self._max_new_tokens = _check_count(max_new_tokens, "max_new_tokens", "tokens to generate")
+        self._splitter = _splitter(citation_chunk_size, citation_chunk_overlap, text_splitter)
         callback_manager = callback_manager or Settings.callback_manager
         if response_synthesizer is None and llm is not None:
             response_synthesizer = get_response_synthesizer(
@@ -127,12 +137,8 @@ class AT2CitationQueryEngine(BaseQueryEngine):
         self._synthesizer = response_synthesizer
         self._postprocessors = [*(node_postprocessors or []), *([pruner] if pruner else [])]
         self._granularity = granularity
-        self._max_sources = max_sources
-        self._relative = relative
-        self._max_new_tokens = max_new_tokens
         self._metadata_mode = metadata_mode
         self._streaming = streaming
-        self._splitter = _splitter(citation_chunk_size, citation_chunk_overlap, text_splitter)
         super().__init__(callback_manager=callback_manager)
 
     @classmethod
@@ -201,6 +207,7 @@ class AT2CitationQueryEngine(BaseQueryEngine):
         return self.callback_manager.event(kind, payload={EventPayload.QUERY_STR: query_bundle.query_str})
 
     def _query(self, query_bundle: QueryBundle) -> RESPONSE_TYPE:
+        check_text(query_bundle.query_str, "the query")  # before the retriever's tokenizer sees it
         with self._event(CBEventType.QUERY, query_bundle) as query_event:
             with self._event(CBEventType.RETRIEVE, query_bundle) as retrieve_event:
                 nodes = self.citation_nodes(self.retrieve(query_bundle))
@@ -213,6 +220,7 @@ class AT2CitationQueryEngine(BaseQueryEngine):
         return response
 
     async def _aquery(self, query_bundle: QueryBundle) -> RESPONSE_TYPE:
+        check_text(query_bundle.query_str, "the query")  # before the retriever's tokenizer sees it
         with self._event(CBEventType.QUERY, query_bundle) as query_event:
             with self._event(CBEventType.RETRIEVE, query_bundle) as retrieve_event:
                 nodes = self.citation_nodes(await self.aretrieve(query_bundle))
@@ -352,7 +360,7 @@ class AT2CitationQueryEngine(BaseQueryEngine):
         if attribution is None:
             sources = [annotate(n, None) for n in nodes]
             return Response(answer, sources, _metadata(answer, answer, [], None))
-        citations = cite(attribution, KeepPolicy(top_k=self._max_sources, relative=self._relative, min_keep=0))
+        citations = cite(attribution, self._citation_policy)
         scores, n_scored = attribution.document_scores().tolist(), len(attribution.prompt.documents)
         sources = [annotate(n, scores[i] if i < n_scored else None) for i, n in enumerate(nodes)]
         cited = with_markers(answer, citations)
@@ -367,11 +375,28 @@ def _splitter(chunk_size: Optional[int], chunk_overlap: Optional[int], splitter:
         if chunk_overlap is not None:
             raise ValueError("citation_chunk_overlap needs citation_chunk_size")
         return None
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-        raise ValueError(f"citation_chunk_size must be a positive int (tokens per chunk), got {chunk_size!r}")
+    _check_count(chunk_size, "citation_chunk_size", "tokens per chunk")
     if chunk_overlap is None:
         chunk_overlap = min(DEFAULT_CITATION_CHUNK_OVERLAP, chunk_size // 4)
+    _check_count(chunk_overlap, "citation_chunk_overlap", "tokens shared by neighbouring chunks", least=0)
     return SentenceSplitter(chunk_size=chunk_size, chunk_overlap=chunk_overlap)
+
+
+def _check_count(value: Optional[int], name: str, unit: str, least: int = 1) -> Optional[int]:
+    """``value`` when None or an int >= ``least`` (a bool is no count), else ValueError naming ``name``."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < least):
+        kind = "a positive int" if least == 1 else f"an int >= {least}"
+        raise ValueError(f"{name} must be {kind} ({unit}) or None, got {value!r}")
+    return value
+
+
+def _citation_policy(max_sources: int, relative: float) -> KeepPolicy:
+    """The citation policy of ``max_sources`` and ``relative``, checked as AT2CitedAnswer checks them (ValueError)."""
+    if isinstance(max_sources, bool) or not isinstance(max_sources, int) or max_sources < 1:
+        raise ValueError(f"max_sources must be a positive int (sources cited per sentence), got {max_sources!r}")
+    if isinstance(relative, bool) or not isinstance(relative, (int, float)):
+        raise ValueError(f"relative must be a number in [0, 1] (a fraction of the best score), got {relative!r}")
+    return keep_policy(top_n=max_sources, relative=relative, min_keep=0, default=CITATION_POLICY)
 
 
 def _text(response: RESPONSE_TYPE) -> str:

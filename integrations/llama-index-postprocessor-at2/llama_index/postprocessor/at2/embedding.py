@@ -6,9 +6,11 @@ import asyncio
 from typing import Any, List, Sequence
 
 from llama_index.core.base.embeddings.base import BaseEmbedding, Embedding
-from llama_index.core.bridge.pydantic import Field, PrivateAttr
+from llama_index.core.bridge.pydantic import Field, PrivateAttr, StrictInt
 
 from at2_rag import MiniLMEmbedder
+
+from .checks import check_text
 
 
 class AT2BundledEmbedding(BaseEmbedding):
@@ -20,7 +22,7 @@ class AT2BundledEmbedding(BaseEmbedding):
 
     model_name: str = Field(default="all-MiniLM-L6-v2", description="The bundled embedding model.")
     device: str = Field(default="cpu", frozen=True, description="Device the model runs on.")
-    max_length: int = Field(default=256, frozen=True, gt=0, description="Tokens kept per text.")
+    max_length: StrictInt = Field(default=256, frozen=True, gt=0, description="Tokens kept per text.")
 
     _embedder: MiniLMEmbedder = PrivateAttr()
 
@@ -38,6 +40,8 @@ class AT2BundledEmbedding(BaseEmbedding):
         return int(self._embedder.model.config.hidden_size)
 
     def _embed(self, texts: Sequence[str]) -> List[Embedding]:
+        for i, text in enumerate(texts):
+            check_text(text, f"text {i}")  # a lone surrogate would be a tokenizer TypeError
         return self._embedder.encode(list(texts), batch_size=self.embed_batch_size).tolist()
 
     def _get_query_embedding(self, query: str) -> Embedding:

@@ -21,7 +21,7 @@ from llama_index.core.base.llms.types import (
     MessageRole,
     TextBlock,
 )
-from llama_index.core.bridge.pydantic import ConfigDict, Field, PrivateAttr
+from llama_index.core.bridge.pydantic import ConfigDict, Field, PrivateAttr, StrictInt
 from llama_index.core.constants import DEFAULT_CONTEXT_WINDOW
 from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_callback
 from llama_index.core.llms.custom import CustomLLM
@@ -39,6 +39,7 @@ from at2_rag import (
 )
 
 from .arguments import check_arguments
+from .checks import check_text
 
 
 class AT2LLM(CustomLLM):
@@ -60,10 +61,10 @@ class AT2LLM(CustomLLM):
     model: str = Field(default="default", frozen=True, description="Local model to load when none is given.")
     device: Optional[str] = Field(default=None, frozen=True, description="Device for the model (None: CPU).")
     dtype: Optional[str] = Field(default=None, frozen=True, description="Model dtype (None: float32).")
-    max_new_tokens: Optional[int] = Field(
+    max_new_tokens: Optional[StrictInt] = Field(
         default=None, gt=0, description="Most tokens to generate (None: the attributor's default, 64)."
     )
-    context_window: Optional[int] = Field(
+    context_window: Optional[StrictInt] = Field(
         default=None, gt=0, description="Context window in tokens (None, or more: the model config's)."
     )
 
@@ -108,7 +109,8 @@ class AT2LLM(CustomLLM):
     # -- prompts ----------------------------------------------------------------------------------
     def _chat_template_prompt(self, messages: Sequence[ChatMessage]) -> str:
         """The default ``messages_to_prompt``: the messages through the tokenizer's chat template."""
-        return chat_prompt(self._loader.get(), conversation(messages))
+        turns = conversation(messages)  # checked before the model loads
+        return chat_prompt(self._loader.get(), turns)
 
     def _completion_template_prompt(self, completion: str) -> str:
         """The default ``completion_to_prompt``: ``system_prompt`` (if set) and one user message."""
@@ -193,7 +195,7 @@ class AT2LLM(CustomLLM):
         if isinstance(max_new, bool) or not isinstance(max_new, int) or max_new < 1:
             raise ValueError(f"max_new_tokens must be a positive int, got {max_new!r}")
         text = prompt if formatted else self.completion_to_prompt(prompt)
-        ids = prompt_ids(att, text)
+        ids = prompt_ids(att, check_text(text, "the prompt"))
         window = self._window(att)
         if len(ids) + max_new > window:
             raise ContextTooLongError(
@@ -227,5 +229,5 @@ def conversation(messages: Sequence[ChatMessage]) -> List[Dict[str, str]]:
     for i, message in enumerate(messages):
         if any(not isinstance(block, TextBlock) for block in message.blocks):
             raise ValueError(f"message {i}: AT2LLM reads text only, not images, audio or other blocks")
-        out.append({"role": message.role.value, "content": message.content or ""})
+        out.append({"role": message.role.value, "content": check_text(message.content or "", f"message {i}")})
     return out

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import math
+import numbers
 import warnings
 from typing import List, Optional, Sequence, Tuple
 
 from llama_index.core.schema import MetadataMode, NodeWithScore
 
-from at2_rag import RETRIEVAL_RANK_KEY, Document
+from at2_rag import RETRIEVAL_RANK_KEY, Document, InputError
 
 RETRIEVAL_SCORE_KEY = "retrieval_score"
 """Metadata key holding the score a node had before AT2 scored it (the retriever's, usually)."""
@@ -42,10 +43,11 @@ def nodes_with_text(nodes: Sequence[NodeWithScore], metadata_mode: MetadataMode)
 
 def to_documents(nodes: Sequence[NodeWithScore], metadata_mode: MetadataMode) -> List[Document]:
     """One at2-rag document per node, identified by the node id; when every node has a retrieval
-    score, each carries its retriever rank (best score 0), so rank fusion does not depend on order."""
-    scores = [retrieval_score(n) for n in nodes]
+    score, each carries its retriever rank (best score 0), so rank fusion does not depend on order.
+    A retrieval score that is neither None nor a finite number is an :class:`~at2_rag.InputError`."""
+    scores = [s for s in map(retrieval_score, nodes) if s is not None]
     ranks: List[Optional[int]] = [None] * len(nodes)
-    if all(isinstance(s, (int, float)) and not math.isnan(s) for s in scores):
+    if len(scores) == len(nodes):
         for rank, i in enumerate(sorted(range(len(nodes)), key=lambda i: (-scores[i], i))):
             ranks[i] = rank
     return [
@@ -56,8 +58,30 @@ def to_documents(nodes: Sequence[NodeWithScore], metadata_mode: MetadataMode) ->
 
 
 def retrieval_score(node: NodeWithScore) -> Optional[float]:
-    """The score the node had before AT2 scored it (the retriever's), if any."""
-    return node.node.metadata.get(RETRIEVAL_SCORE_KEY, node.score)
+    """The score the node had before AT2 scored it (the retriever's), if any; :class:`~at2_rag.InputError`
+    unless it is None or a finite number (it ranks the nodes)."""
+    value = node.node.metadata.get(RETRIEVAL_SCORE_KEY, node.score)
+    if value is None:
+        return None
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+        try:
+            score = float(value)
+        except OverflowError:  # an int beyond the float range, e.g. 10**400
+            score = math.inf
+        if math.isfinite(score):
+            return score
+    where = f"metadata[{RETRIEVAL_SCORE_KEY!r}]" if RETRIEVAL_SCORE_KEY in node.node.metadata else "NodeWithScore.score"
+    raise InputError(
+        f"node {node.node.node_id!r}: its retrieval score ({where}) is {_shown(value)}, not a finite number; "
+        "pass a finite float, or None to rank the nodes by their order"
+    )
+
+
+def _shown(value: object) -> str:
+    """A short view of a bad score (a huge int by its size: its digits may not even print)."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 64:
+        return f"an int of {value.bit_length()} bits"
+    return f"{value!r:.40}"
 
 
 def annotate(

@@ -6,7 +6,7 @@ import warnings
 from typing import Any, Dict, List, Literal, Optional, Tuple
 
 import llama_index.core.instrumentation as instrument
-from llama_index.core.bridge.pydantic import ConfigDict, Field, PrivateAttr
+from llama_index.core.bridge.pydantic import ConfigDict, Field, PrivateAttr, StrictFloat, StrictInt
 from llama_index.core.callbacks import CBEventType, EventPayload
 from llama_index.core.instrumentation.events.rerank import ReRankEndEvent, ReRankStartEvent
 from llama_index.core.postprocessor.types import BaseNodePostprocessor
@@ -25,6 +25,7 @@ from at2_rag import (
 )
 
 from .arguments import check_arguments
+from .checks import check_text
 from .nodes import annotate, nodes_with_text, to_documents
 
 dispatcher = instrument.get_dispatcher(__name__)
@@ -62,18 +63,18 @@ class AT2Postprocessor(BaseNodePostprocessor):
     policy: Optional[KeepPolicy] = Field(
         default=None, description="The whole keep policy (leave the shorthands unset); None: built from them."
     )
-    top_n: Optional[int] = Field(default=None, description="Keep at most this many nodes (None: 1, the default).")
-    top_k: Optional[int] = Field(default=None, description="Alias of top_n (the keep policy's name for it).")
-    threshold: Optional[float] = Field(
+    top_n: Optional[StrictInt] = Field(default=None, description="Keep at most this many nodes (None: 1, the default).")
+    top_k: Optional[StrictInt] = Field(default=None, description="Alias of top_n (the keep policy's name for it).")
+    threshold: Optional[StrictFloat] = Field(
         default=None, description="Keep only nodes scoring at least this (keep-score units)."
     )
-    relative: Optional[float] = Field(
+    relative: Optional[StrictFloat] = Field(
         default=None, description="Keep only nodes scoring at least this fraction (0-1) of the best."
     )
-    token_budget: Optional[int] = Field(
+    token_budget: Optional[StrictInt] = Field(
         default=None, description="Keep nodes, best first, while their prompt tokens fit this budget."
     )
-    min_keep: Optional[int] = Field(
+    min_keep: Optional[StrictInt] = Field(
         default=None, description="Always keep at least this many of the best nodes (None: 1)."
     )
     sentence_policy: Optional[KeepPolicy] = Field(
@@ -86,7 +87,7 @@ class AT2Postprocessor(BaseNodePostprocessor):
         description="Shorthand: True without a sentence_policy uses at2_rag.SENTENCE_POLICY (sentences with "
         "at least half the weight of the node's strongest one); set to True when a sentence_policy is given.",
     )
-    max_new_tokens: Optional[int] = Field(
+    max_new_tokens: Optional[StrictInt] = Field(
         default=None, gt=0, description="Draft length in draft mode (None: the attributor's default)."
     )
     query_estimator: Optional[str] = Field(
@@ -94,7 +95,7 @@ class AT2Postprocessor(BaseNodePostprocessor):
         description="Estimator for the support and query modes ('default': the mode's shipped one; "
         "None: uniform weights).",
     )
-    rank_weight: Optional[float] = Field(
+    rank_weight: Optional[StrictFloat] = Field(
         default=None,
         ge=0.0,
         allow_inf_nan=False,
@@ -198,13 +199,13 @@ class AT2Postprocessor(BaseNodePostprocessor):
         self, nodes: List[NodeWithScore], query_bundle: Optional[QueryBundle] = None
     ) -> List[NodeWithScore]:
         policy = self._start(nodes, query_bundle)
-        question, scored = self._prepare(nodes, query_bundle)
+        question, scored, docs = self._prepare(nodes, query_bundle)
         out: List[NodeWithScore] = []
         if scored:
             with self.callback_manager.event(CBEventType.RERANKING, payload=self._payload(scored, question, policy)) as event:
                 out = self._unscored(scored, policy)
                 if out is None:
-                    result = self.pruner(self._loader.get(), policy).prune(question, self._documents(scored))
+                    result = self.pruner(self._loader.get(), policy).prune(question, docs)
                     out = _kept(scored, result)
                 event.on_end(payload={EventPayload.NODES: out})
         dispatcher.event(ReRankEndEvent(nodes=out))
@@ -216,14 +217,14 @@ class AT2Postprocessor(BaseNodePostprocessor):
     ) -> List[NodeWithScore]:
         """Score and prune in a worker thread (loading the model there too on first use)."""
         policy = self._start(nodes, query_bundle)
-        question, scored = self._prepare(nodes, query_bundle)
+        question, scored, docs = self._prepare(nodes, query_bundle)
         out: List[NodeWithScore] = []
         if scored:
             with self.callback_manager.event(CBEventType.RERANKING, payload=self._payload(scored, question, policy)) as event:
                 out = self._unscored(scored, policy)
                 if out is None:
                     pruner = self.pruner(await self._loader.aget(), policy)
-                    out = _kept(scored, await pruner.aprune(question, self._documents(scored)))
+                    out = _kept(scored, await pruner.aprune(question, docs))
                 event.on_end(payload={EventPayload.NODES: out})
         dispatcher.event(ReRankEndEvent(nodes=out))
         return out
@@ -257,17 +258,16 @@ class AT2Postprocessor(BaseNodePostprocessor):
             EventPayload.TOP_K: policy.top_k,
         }
 
-    def _documents(self, nodes: List[NodeWithScore]) -> List[Document]:
-        return to_documents(nodes, self.metadata_mode)
-
     def _prepare(
         self, nodes: List[NodeWithScore], query_bundle: Optional[QueryBundle]
-    ) -> Tuple[str, List[NodeWithScore]]:
+    ) -> Tuple[str, List[NodeWithScore], List[Document]]:
+        """The query, the nodes with text and their documents, checked before the model loads or runs."""
         if query_bundle is None:
             raise ValueError(
                 "AT2Postprocessor scores nodes against the query: pass query_bundle= or query_str="
             )
-        return query_bundle.query_str, nodes_with_text(nodes, self.metadata_mode)
+        scored = nodes_with_text(nodes, self.metadata_mode)
+        return check_text(query_bundle.query_str, "the query"), scored, to_documents(scored, self.metadata_mode)
 
     def _nothing_to_prune(self, policy: KeepPolicy, n: int) -> bool:
         """Whether ``policy`` keeps all ``n`` whole nodes, whatever their scores."""
