@@ -30,7 +30,9 @@ from .prompts import (
     Granularity,
     Prompt,
     build_prompt,
+    check_granularity,
     decode,
+    documents_that_fit,
     encode,
     sentence_tokens,
 )
@@ -76,7 +78,7 @@ class AT2Attributor:
     ) -> None:
         if overflow not in ("error", "drop_last"):
             raise ValueError(f"overflow must be 'error' or 'drop_last', got {overflow!r}")
-        _check_new_tokens(max_new_tokens)
+        check_new_tokens(max_new_tokens)
         capture.prepare_model(model)
         self.model = model
         self.tokenizer = tokenizer
@@ -159,7 +161,7 @@ class AT2Attributor:
         The features are captured while generating: zero extra forward passes. ``keep_features``
         (default: the attributor's setting) keeps them on the result.
         """
-        new_tokens = self.max_new_tokens if max_new_tokens is None else _check_new_tokens(max_new_tokens)
+        new_tokens = self.max_new_tokens if max_new_tokens is None else check_new_tokens(max_new_tokens)
         prompt, dropped = self._fitted_prompt(question, documents, granularity, new_tokens, "max_new_tokens")
         ids = torch.tensor([prompt.input_ids], device=self.device)
         cap = self._capture(prompt, capture_from=len(prompt) - 1)
@@ -367,34 +369,40 @@ class AT2Attributor:
     def _fitted_prompt(
         self, question, documents, granularity, extra: int, what: str
     ) -> tuple[Prompt, list[int]]:
-        """The prompt, made to fit the window with ``extra`` more tokens (see ``overflow``)."""
-        prompt = self.prompt(question, documents, granularity)
-        limit = self.max_length
-        if limit is None or len(prompt) + extra <= limit:
-            return prompt, []
-        if self.overflow == "error":
-            raise ContextTooLongError(
-                f"the prompt has {len(prompt)} tokens and {what} needs {extra} more, but the model's "
-                f"window is {limit} tokens; pass fewer or shorter documents, prune them first, or "
-                "use overflow='drop_last'"
+        """The prompt, made to fit the window with ``extra`` more tokens (see ``overflow``).
+
+        Whole documents are laid out first: token windows (a pass over every token) are built only
+        for a prompt that fits, and ``drop_last`` finds how many documents fit from one layout's
+        per-document token counts, then builds once (linear, not a rebuild per dropped document)."""
+        granularity = self.granularity if granularity is None else granularity
+        check_granularity(granularity)
+        layout = granularity if isinstance(granularity, str) else "document"
+        prompt = self.prompt(question, documents, layout)
+        limit, dropped = self.max_length, []
+        if limit is not None and len(prompt) + extra > limit:
+            if self.overflow == "error":
+                raise ContextTooLongError(
+                    f"the prompt has {len(prompt)} tokens and {what} needs {extra} more, but the model's "
+                    f"window is {limit} tokens; pass fewer or shorter documents, prune them first, or "
+                    "use overflow='drop_last'"
+                )
+            docs = prompt.documents
+            keep = documents_that_fit(prompt, limit - extra)
+            prompt = self.prompt(question, docs[:keep], layout)
+            if len(prompt) + extra > limit:
+                raise ContextTooLongError(
+                    f"even the first document alone gives a {len(prompt)}-token prompt, and {what} needs "
+                    f"{extra} more, beyond the model's {limit}-token window; split the document into chunks"
+                )
+            dropped = list(range(keep, len(docs)))
+            ids = [document_label(docs[i], i) for i in dropped]
+            warnings.warn(
+                f"the context exceeded the model's {limit}-token window: dropped the last "
+                f"{len(dropped)} document(s) {ids} (overflow='drop_last')",
+                stacklevel=3,
             )
-        docs = list(prompt.documents)
-        n_docs = len(docs)
-        while len(prompt) + extra > limit and len(docs) > 1:
-            docs.pop()
-            prompt = self.prompt(question, docs, granularity)
-        if len(prompt) + extra > limit:
-            raise ContextTooLongError(
-                f"even the first document alone gives a {len(prompt)}-token prompt, and {what} needs "
-                f"{extra} more, beyond the model's {limit}-token window; split the document into chunks"
-            )
-        dropped = list(range(len(docs), n_docs))
-        ids = [document_label(d, i) for i, d in zip(dropped, documents[len(docs):])]
-        warnings.warn(
-            f"the context exceeded the model's {limit}-token window: dropped the last "
-            f"{len(dropped)} document(s) {ids} (overflow='drop_last')",
-            stacklevel=3,
-        )
+        if layout != granularity:
+            prompt = self.prompt(question, prompt.documents, granularity)
         return prompt, dropped
 
     # -- token helpers (public: batched readers built on the same model reuse them) --------------
@@ -420,7 +428,7 @@ class AT2Attributor:
         return ids
 
 
-def _check_new_tokens(value: object) -> int:
+def check_new_tokens(value: object) -> int:
     """``max_new_tokens`` as given, or :class:`InputError` unless it is a positive int."""
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise InputError(f"max_new_tokens must be a positive int (tokens to generate), got {value!r}")

@@ -11,6 +11,11 @@ from .errors import InputError
 
 HEADER_WORD = "Document"
 """First word of every document's header in the prompt (``Document [n] (Title: ...)``)."""
+RETRIEVAL_RANK_KEY = "retrieval_rank"
+"""Document metadata key of the retriever's rank (0 = best); when every document has one, pruning's rank
+fusion uses it instead of the input order (so documents may come in any order)."""
+MAX_RANK = 2**53
+"""Largest rank accepted: every rank up to it is exact as a float, and ``log1p`` of it is about 37."""
 
 
 @dataclass(frozen=True)
@@ -65,10 +70,29 @@ def as_document(item: DocumentLike, index: int = 0) -> Document:
         raise InputError(
             f"document {index} has metadata of type {type(doc.metadata).__name__}; pass a mapping (dict)"
         )
+    rank = doc.metadata.get(RETRIEVAL_RANK_KEY)
+    if rank is not None and not is_rank(rank):
+        raise InputError(
+            f"document {index} has {RETRIEVAL_RANK_KEY} {brief(rank)}; pass the retriever's 0-based rank as "
+            f"an int from 0 to 2**53, or leave it out"
+        )
     check_encodable(doc.text, f"document {index}")
     if doc.title:
         check_encodable(doc.title, f"the title of document {index}")
     return doc
+
+
+def is_rank(value: object) -> bool:
+    """Whether ``value`` is a retriever rank: an int (not a bool) from 0 to :data:`MAX_RANK`."""
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_RANK
+
+
+def brief(value: object) -> str:
+    """``value``'s repr for a one-line message: at most 40 characters, a huge int by its size."""
+    if isinstance(value, int) and value.bit_length() > 64:
+        return f"(an integer of about {int(value.bit_length() * 0.30103)} digits)"
+    shown = repr(value)
+    return shown if len(shown) <= 40 else shown[:37] + "..."
 
 
 def check_encodable(text: str, what: str) -> None:

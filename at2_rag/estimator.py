@@ -21,7 +21,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load as load_bytes
 from safetensors.torch import save_file
 
-from .errors import EstimatorError
+from .errors import AT2Error, EstimatorError, InputError
 from .files import atomic_path
 
 FORMAT_VERSION = 1
@@ -45,6 +45,10 @@ _ESTIMATORS_DIR = Path(__file__).parent / "estimators"
 LABEL_ATTRIBUTE = "at2_rag_label"
 """Attribute of a loaded model holding its display name (the bundled model's), when it has one;
 ``name_or_path`` keeps the real folder so other libraries can reuse the model."""
+MAX_RANK_WEIGHT = 1e6
+"""Largest retriever-rank weight accepted (:func:`check_rank_weight`). Fitted weights are a few units;
+with ranks below 2**53 (``log1p`` < 37) the rank term stays below 4e7, so keep scores stay finite and
+keep their order, where a huge weight would turn every rank but the first into -inf."""
 SHIPPED_ESTIMATORS = ("default", "default-query", "default-support")
 """Estimators shipped for the default model: answer rows, question rows (the model's own answers),
 and question rows trained on reference answers (which sources support the right answer)."""
@@ -114,12 +118,18 @@ class Estimator:
             raise EstimatorError(f"unknown kind {self.kind!r}; expected one of {list(FEATURE_KINDS)}")
         if not isinstance(self.recipe, dict):
             raise EstimatorError(f"recipe must be a dict, not {type(self.recipe).__name__}")
+        _fusion_rank_weight(self.recipe)
         if self.calibration not in CALIBRATIONS:
             raise EstimatorError(
                 f"unknown calibration {self.calibration!r}; expected one of {sorted(map(str, CALIBRATIONS))}"
             )
         if self.calibration is not None and self.kind != "query":
             raise EstimatorError("only query estimators can be calibrated (answer rows need no calibration)")
+
+    @property
+    def rank_weight(self) -> float:
+        """The retriever-rank weight fitted with this estimator (``recipe["fusion"]["rank_weight"]``; 0 if none)."""
+        return _fusion_rank_weight(self.recipe)
 
     @classmethod
     def uniform(cls, model_or_identity, kind: FeatureKind = "answer") -> Estimator:
@@ -147,6 +157,7 @@ class Estimator:
                     stacklevel=3,
                 )
                 return cls.uniform(model, kind)
+            est.check_kind(kind)  # before the model check: a wrong kind is wrong for every model
             if est.model.mismatch(ModelIdentity.of(model)):
                 warnings.warn(
                     f"the shipped {kind} estimator was trained for {est.model.name}; the loaded model "
@@ -157,12 +168,16 @@ class Estimator:
             return est
         est = estimator if isinstance(estimator, Estimator) else cls.load(estimator)
         est.check_model(model)
-        if est.kind != kind:
+        est.check_kind(kind)
+        return est
+
+    def check_kind(self, kind: str) -> None:
+        """Raise unless this estimator scores ``kind`` features (answer rows or question rows)."""
+        if self.kind != kind:
             raise EstimatorError(
-                f"this is a {est.kind!r} estimator but {kind!r} features are being scored; use a "
+                f"this is a {self.kind!r} estimator but {kind!r} features are being scored; use a "
                 f"{kind!r} estimator"
             )
-        return est
 
     def source_scores(self, features: torch.Tensor) -> torch.Tensor:
         """Scores from features ``(layers, heads, ..., sources)`` → ``(..., sources)``, float32."""
@@ -239,6 +254,33 @@ def _check_weights(w: torch.Tensor) -> None:
             f"the weights' absolute sum {total:.3g} exceeds {MAX_WEIGHT_SUM:.0e}, so scores could "
             f"overflow (trained weights sum to about 1); {_RETRAIN}"
         )
+
+
+def check_rank_weight(
+    value: object, what: str = "rank_weight", error: type[AT2Error] = InputError
+) -> float:
+    """``value`` as a retriever-rank weight, a real number in [0, :data:`MAX_RANK_WEIGHT`], else ``error``
+    naming ``what``: the one rule for ``Pruner(rank_weight=...)`` and an estimator's fusion recipe (NaN
+    would make every keep score NaN, inf NaN/-inf, a negative weight invert the retriever's ranking)."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        weight = float(value) if abs(value) <= MAX_RANK_WEIGHT else math.inf  # no float() of a huge int
+        if 0 <= weight <= MAX_RANK_WEIGHT:
+            return weight
+    raise error(
+        f"{what} must be a finite number from 0 to {MAX_RANK_WEIGHT:.0e} (the weight of the retriever "
+        f"rank; 0 ignores it), not {_shown(value)}"
+    )
+
+
+def _fusion_rank_weight(recipe: dict[str, Any]) -> float:
+    """The checked ``fusion.rank_weight`` of ``recipe`` (0 when it records no fusion)."""
+    fusion = recipe.get("fusion", {})
+    if not isinstance(fusion, dict):
+        raise _field_error("recipe.fusion", "a JSON object", fusion)
+    try:
+        return check_rank_weight(fusion.get("rank_weight", 0.0), "recipe field 'fusion.rank_weight'", EstimatorError)
+    except EstimatorError as exc:
+        raise EstimatorError(f"{exc}; {_RETRAIN}") from None
 
 
 def _read_regular_file(path: Path) -> bytes:
@@ -320,9 +362,19 @@ def _is_int(value: Any) -> bool:
 
 def _field_error(name: str, expected: str, value: Any) -> EstimatorError:
     """The error for metadata field ``name`` holding ``value`` instead of ``expected``."""
-    shown = json.dumps(value)
-    shown = shown if len(shown) <= 60 else shown[:57] + "..."
-    return EstimatorError(f"metadata field {name!r} must be {expected}, not {shown}; {_REMAKE}")
+    return EstimatorError(f"metadata field {name!r} must be {expected}, not {_shown(value)}; {_REMAKE}")
+
+
+def _shown(value: Any) -> str:
+    """``value`` as JSON for a one-line message, at most 60 characters (a type name when it cannot be
+    written: an integer beyond Python's 4,300-digit limit, nesting too deep, a non-JSON object)."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 64:
+        return f"an integer of about {int(value.bit_length() * 0.30103)} digits"
+    try:
+        shown = json.dumps(value)
+    except (TypeError, ValueError, RecursionError):
+        return f"a {type(value).__name__}"
+    return shown if len(shown) <= 60 else shown[:57] + "..."
 
 
 def resolve(name: str | os.PathLike) -> Path:

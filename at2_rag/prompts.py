@@ -9,6 +9,7 @@ range decodes back to exactly its characters.
 
 from __future__ import annotations
 
+import bisect
 import threading
 import weakref
 from collections.abc import Sequence
@@ -71,6 +72,8 @@ class Prompt:
     granularity: Granularity
     question_tokens: tuple[int, int]
     """Token range of the question text."""
+    document_tokens: tuple[tuple[int, int], ...] = ()
+    """Token range of each document's block: its header, its text and the blank line after it."""
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -154,13 +157,14 @@ def build_prompt(
     if not isinstance(question, str) or not question.strip():
         raise InputError("the question must be a non-empty string")
     check_encodable(question, "the question")
-    _check_granularity(granularity)
+    check_granularity(granularity)
     docs = as_documents(documents)
     before, after = template_parts(tokenizer, system_prompt)
     b = _Builder(tokenizer)
     b.add(before, special=True)
     b.add(instruction + "\n\n")
     sources: list[Source] = []
+    blocks: list[tuple[int, int]] = []
     for d, doc in enumerate(docs):
         h_t0, _, h_c0, _ = b.add(document_header(d + 1, doc.title))
         pieces = []  # (char range in doc, token range, char range in prompt, per-token doc offsets)
@@ -177,7 +181,7 @@ def build_prompt(
                 sources.append(Source(len(sources), d, doc.text[s0:s1], s0, s1, t0, t1, c0, c1))
         else:
             sources.extend(_token_windows(tokenizer, b.ids, doc, d, pieces, granularity, len(sources)))
-        b.add("\n\n")
+        blocks.append((h_t0, b.add("\n\n")[1]))
     b.add("Question:")
     q_t0, q_t1, _, _ = b.add(" " + question)  # the space starts the first word, as BPE expects
     b.add(after, special=True)
@@ -189,10 +193,25 @@ def build_prompt(
         sources=sources,
         granularity=granularity,
         question_tokens=(q_t0, q_t1),
+        document_tokens=tuple(blocks),
     )
 
 
-def _check_granularity(granularity: Granularity) -> None:
+def documents_that_fit(prompt: Prompt, max_tokens: int) -> int:
+    """How many of ``prompt``'s leading documents fit in a prompt of ``max_tokens`` tokens: the most
+    that do, at least 1. Exact without re-tokenizing: each piece is tokenized on its own and a
+    document's header names only its own position, so the prompt of the first ``m`` documents is this
+    one without the later documents' blocks."""
+    blocks = prompt.document_tokens
+    m, length = len(blocks), len(prompt)
+    while m > 1 and length > max_tokens:
+        m -= 1
+        length -= blocks[m][1] - blocks[m][0]
+    return m
+
+
+def check_granularity(granularity: Granularity) -> None:
+    """Raise :class:`InputError` unless ``granularity`` is "document", "sentence" or a positive int."""
     if granularity in ("document", "sentence"):
         return
     if isinstance(granularity, bool) or not isinstance(granularity, int) or granularity < 1:
@@ -229,17 +248,48 @@ def _token_windows(tokenizer, ids, doc, d, pieces, size, first_index) -> list[So
     return windows
 
 
+_CONTEXT = 4
+"""Clean token boundaries of context decoded before each new token in :func:`token_char_starts`."""
+_RESYNC = 32
+"""Tokens in a row without a clean start after which :func:`token_char_starts` stops decoding windows
+and checks whole prefixes instead, at ever longer intervals."""
+
+
 def token_char_starts(tokenizer, ids: Sequence[int], text: str) -> list[int | None]:
     """Character offset in ``text`` where each token starts, or None inside a split character.
 
-    Found by decoding growing prefixes, which works for any tokenizer whose decode reproduces
-    ``text``; tokens that do not start on a clean boundary (a multi-byte character split across
-    tokens) get None.
+    Token ``k`` starts at ``len(decode(ids[:k]))`` when that decoding is a prefix of ``text`` (any
+    tokenizer whose decode reproduces ``text``); tokens that do not start on a clean boundary (a
+    multi-byte character split across tokens) get None. Decoding every prefix would be quadratic, so
+    each token decodes only a few tokens back from a clean boundary: the text a window adds past its
+    own first part is what the prefix adds (decoders act on a token's neighbours only — byte runs,
+    a leading-space strip — and a clean boundary ends every byte run). After :data:`_RESYNC` tokens in
+    a row without a clean start, whole prefixes are checked at doubling intervals instead, so a decode
+    that never matches the text (a normalizing tokenizer) stays linear too.
     """
     starts: list[int | None] = []
+    clean = [(0, 0)]  # (token, char): decode(ids[:token]) == text[:char]
+    resync = _RESYNC
     for k in range(len(ids)):
-        prefix = decode(tokenizer, ids[:k])
-        starts.append(len(prefix) if text.startswith(prefix) else None)
+        anchor, at = clean[-1]
+        start: int | None = at if k == anchor else None
+        if k - anchor >= resync:
+            resync *= 2
+            prefix = decode(tokenizer, ids[:k])
+            start = len(prefix) if text.startswith(prefix) else None
+        elif 0 < k - anchor < _RESYNC:
+            j = max(0, len(clean) - 1 - _CONTEXT)
+            head = decode(tokenizer, ids[clean[j][0] : anchor])
+            while not head and j > 0:  # the window must not begin with what a strip would remove
+                j -= 1
+                head = decode(tokenizer, ids[clean[j][0] : anchor])
+            body = decode(tokenizer, ids[clean[j][0] : k])
+            if body.startswith(head) and text.startswith(body[len(head) :], at):
+                start = at + len(body) - len(head)
+        if start is not None and k != anchor:
+            clean.append((k, start))
+            resync = _RESYNC
+        starts.append(start)
     return starts
 
 
@@ -258,9 +308,12 @@ def sentence_tokens(tokenizer, ids: list[int], text: str) -> list[tuple[tuple[in
     for s in starts:
         clean.append(s if s is not None else (clean[-1] if clean else 0))
     ends = clean[1:] + [len(text)]
-    out = []
-    for s0, s1 in split_sentences(text):
-        toks = [k for k, (a, b) in enumerate(zip(clean, ends)) if a < s1 and b > s0]
-        if toks:
-            out.append(((s0, s1), toks))
-    return out
+    spans = split_sentences(text)  # they tile the text, in order
+    span_ends = [s1 for _, s1 in spans]
+    toks: list[list[int]] = [[] for _ in spans]
+    for k, (a, b) in enumerate(zip(clean, ends)):
+        i = bisect.bisect_right(span_ends, a)  # the first sentence ending after the token starts
+        while i < len(spans) and spans[i][0] < b:
+            toks[i].append(k)
+            i += 1
+    return [(span, tok) for span, tok in zip(spans, toks) if tok]

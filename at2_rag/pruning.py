@@ -21,9 +21,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from .attributor import AT2Attributor
-from .documents import Document, DocumentLike, as_documents
-from .estimator import Estimator
+from .attributor import AT2Attributor, check_new_tokens
+from .documents import RETRIEVAL_RANK_KEY, Document, DocumentLike, as_documents, brief, is_rank
+from .errors import InputError
+from .estimator import Estimator, check_rank_weight
 from .policy import DEFAULT_POLICY, KeepPolicy
 from .prompts import Granularity, encode
 from .results import Attribution
@@ -45,27 +46,25 @@ def standardized(scores: Sequence[float]) -> list[float]:
     return [0.0] * n if sd == 0 else [(s - mean) / sd for s in scores]
 
 
-RETRIEVAL_RANK_KEY = "retrieval_rank"
-"""Document metadata key of the retriever's rank (0 = best); when every document has one, fusion uses
-it instead of the input order (so documents may come in any order)."""
-
-
 def fused_scores(
     scores: Sequence[float], rank_weight: float, ranks: Sequence[int] | None = None
 ) -> list[float]:
     """Keep scores: standardized AT2 scores minus ``rank_weight · log(1 + rank)``; a document's rank
     is ``ranks[i]`` when given, else its position in the input (retriever order, best first)."""
-    if rank_weight == 0:
+    if check_rank_weight(rank_weight) == 0:
         return list(scores)
     ranks = range(len(scores)) if ranks is None else ranks
+    bad = next((r for r in ranks if not is_rank(r)), None)
+    if bad is not None:
+        raise InputError(f"ranks must be ints from 0 to 2**53 (0 = the retriever's best), got {brief(bad)}")
     return [z - rank_weight * math.log1p(rank) for rank, z in zip(ranks, standardized(scores))]
 
 
 def retriever_ranks(documents: Sequence[Document]) -> list[int] | None:
-    """The documents' ``retrieval_rank`` metadata when every one has a non-negative int, else None
-    (then the input order is the rank)."""
+    """The documents' ``retrieval_rank`` metadata when every one has a rank (an int from 0 to 2**53, as
+    ``as_documents`` requires of it), else None (then the input order is the rank)."""
     ranks = [d.metadata.get(RETRIEVAL_RANK_KEY) for d in documents]
-    if all(isinstance(r, int) and not isinstance(r, bool) and r >= 0 for r in ranks):
+    if all(is_rank(r) for r in ranks):
         return ranks  # type: ignore[return-value]
     return None
 
@@ -169,11 +168,19 @@ class Pruner:
         rank_weight: float | None = None,
     ) -> None:
         if mode not in MODES:
-            raise ValueError(f"mode must be one of {', '.join(map(repr, MODES))}, got {mode!r}")
-        if rank_weight is not None and (not math.isfinite(rank_weight) or rank_weight < 0):
-            raise ValueError(f"rank_weight must be a finite number >= 0 or None, got {rank_weight!r}")
+            raise InputError(f"mode must be one of {', '.join(map(repr, MODES))}, got {brief(mode)}")
+        if rank_weight is not None:
+            rank_weight = check_rank_weight(rank_weight, "rank_weight (or None: the estimator's)")
+        for name, value in (("policy", policy), ("sentence_policy", sentence_policy)):
+            if value is not None and not isinstance(value, KeepPolicy):
+                raise InputError(
+                    f"{name} must be an at2_rag.KeepPolicy or None, got {type(value).__name__}; "
+                    "build one with KeepPolicy(top_k=...) or at2_rag.keep_policy(...)"
+                )
+        if max_new_tokens is not None:
+            check_new_tokens(max_new_tokens)
         if sentence_policy is not None and sentence_policy.min_keep < 1:
-            raise ValueError(
+            raise InputError(
                 "sentence_policy.min_keep must be at least 1: a kept document with no kept sentence "
                 "would be an empty document"
             )
@@ -230,8 +237,7 @@ class Pruner:
             return self.rank_weight
         if self.mode != "support":
             return 0.0
-        est = self.attributor.query_estimator(self.query_estimator)
-        return float(est.recipe.get("fusion", {}).get("rank_weight", 0.0))
+        return self.attributor.query_estimator(self.query_estimator).rank_weight
 
     async def aprune(self, question: str, documents: Sequence[DocumentLike]) -> PruneResult:
         """:meth:`prune` in a worker thread, so the event loop keeps running meanwhile."""

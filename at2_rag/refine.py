@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from .ablation import answer_token_logprobs, random_masks, span_targets
+from .documents import brief
 from .errors import InputError
 from .seeds import stable_hash
 
@@ -31,6 +32,9 @@ DESIGNS = ("top", "mixed", "random")
 DEFAULT_DESIGN = "top"
 DEFAULT_STRENGTH = {"top": 0.01, "mixed": 0.03, "random": 0.3}
 """The ridge strength of each design, chosen on held-out training questions (RESULTS.md §7)."""
+MAX_STRENGTH = 1e12
+"""Largest ridge strength accepted: there the refined scores equal the prior to float64 precision, and
+``strength · n`` stays far from overflow."""
 
 
 def design_split(n_ablations: int, design: str) -> tuple[int, int]:
@@ -71,8 +75,7 @@ def refine_scores(prior: torch.Tensor, masks: torch.Tensor, targets: torch.Tenso
     returns the prior. When the ablations do not support the prior's direction (``c`` fits to 0), the
     result is a plain ridge surrogate of the ablations alone.
     """
-    if strength < 0:
-        raise ValueError(f"strength must be >= 0, got {strength}")
+    strength = check_strength(strength)
     a = prior.to(torch.float64)
     X = masks.to(torch.float64)
     y = targets.to(torch.float64)
@@ -87,6 +90,17 @@ def refine_scores(prior: torch.Tensor, masks: torch.Tensor, targets: torch.Tenso
     lam = max(strength * n, 1e-12)
     delta = torch.linalg.solve(Xc.T @ Xc + lam * torch.eye(s, dtype=torch.float64), Xc.T @ r)
     return c * a + delta
+
+
+def check_strength(strength: object) -> float:
+    """``strength`` as a ridge penalty, a real number from 0 to :data:`MAX_STRENGTH`, else
+    :class:`InputError` (NaN or inf would make every refined score NaN)."""
+    if isinstance(strength, (int, float)) and not isinstance(strength, bool) and 0 <= strength <= MAX_STRENGTH:
+        return float(strength)
+    raise InputError(
+        f"strength must be a number from 0 to {MAX_STRENGTH:.0e} (the ridge penalty; None: the design's "
+        f"default), got {brief(strength)}"
+    )
 
 
 def check_refine_ablations(n: object, name: str = "refine_ablations", *, allow_zero: bool = False) -> int:
@@ -111,10 +125,11 @@ def refine_attribution(
     every answer sentence is refined from the same passes.
     """
     check_refine_ablations(n_ablations, "n_ablations")
+    design_split(n_ablations, design)  # an unknown design is refused before any pass, as is the strength
+    strength = DEFAULT_STRENGTH[design] if strength is None else check_strength(strength)
     if not attribution.answer_ids:
         raise InputError("the attribution has no answer tokens: there is nothing to refine")
     masks = ablation_masks(attribution.scores, n_ablations, design, seed=stable_hash(seed, *attribution.answer_ids))
-    strength = DEFAULT_STRENGTH[design] if strength is None else strength
     logp = answer_token_logprobs(model, attribution.prompt, attribution.answer_ids, masks, batch_size=batch_size)
     spans = [range(len(attribution.answer_ids))] + [s.tokens for s in attribution.sentences]
     y = span_targets(logp, spans)  # (1 + n, 1 + sentences)
@@ -131,6 +146,6 @@ def refine_attribution(
 
 
 __all__ = [
-    "DEFAULT_DESIGN", "DEFAULT_STRENGTH", "DESIGNS", "ablation_masks", "check_refine_ablations", "design_split",
-    "refine_attribution", "refine_scores", "top_sources",
+    "DEFAULT_DESIGN", "DEFAULT_STRENGTH", "DESIGNS", "MAX_STRENGTH", "ablation_masks", "check_refine_ablations",
+    "check_strength", "design_split", "refine_attribution", "refine_scores", "top_sources",
 ]
