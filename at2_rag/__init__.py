@@ -5,9 +5,9 @@ citation names, plus the application's RAG pipeline. Integrations import only th
 """
 
 from .app.pipeline import QAResult, RAGPipeline  # noqa: E402,I001  (the application layer, last)
-from .attributor import AT2Attributor
+from .attributor import AT2Attributor, check_new_tokens
 from .citations import Citation, CitedSource, cite, with_markers
-from .documents import Document, DocumentLike, format_context
+from .documents import Document, DocumentLike, check_encodable, format_context
 from .embeddings import MiniLMEmbedder
 from .errors import (
     AT2Error,
@@ -70,6 +70,8 @@ __all__ = [
     "answer_text",
     "build_prompt",
     "chat_prompt",
+    "check_encodable",
+    "check_new_tokens",
     "check_refine_ablations",
     "cite",
     "format_context",

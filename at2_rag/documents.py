@@ -95,9 +95,9 @@ def brief(value: object) -> str:
     return shown if len(shown) <= 40 else shown[:37] + "..."
 
 
-def check_encodable(text: str, what: str) -> None:
-    """Raise :class:`InputError` when ``text`` holds a lone surrogate (valid in JSON and Python strings,
-    but not Unicode text: a tokenizer cannot encode it)."""
+def check_encodable(text: str, what: str) -> str:
+    """``text`` itself, or :class:`InputError` when it holds a lone surrogate (valid in JSON and Python
+    strings, but not Unicode text: a tokenizer cannot encode it)."""
     try:
         text.encode("utf-8")
     except UnicodeEncodeError as e:
@@ -105,6 +105,7 @@ def check_encodable(text: str, what: str) -> None:
             f"{what} contains a lone surrogate {text[e.start]!r} at character {e.start} (broken UTF-16 "
             "or a bad \\u escape); repair or remove it"
         ) from None
+    return text
 
 
 def as_documents(items: Iterable[DocumentLike]) -> list[Document]:

@@ -544,3 +544,16 @@ def test_a_device_or_fifo_is_never_replaced(tmp_path, capsys, no_model):
     assert stat.S_ISFIFO(fifo.stat().st_mode) and [p.name for p in tmp_path.iterdir()] == ["out.html"]
     code, err = run(["demo", "--html", str(fifo)], capsys)
     assert code == 2 and "is not a regular file" in one_line_error(err)
+
+
+@pytest.mark.parametrize("command", [["attribute", "What?", "README.md"], ["evaluate", "--data", "README.md"],
+                                     ["evaluate", "--data", "README.md", "--methods", "at2,at2:{name}", "--estimator"]])
+@pytest.mark.parametrize("name", ["default-query", "default-support"])
+def test_a_shipped_estimator_name_of_another_kind_is_refused_before_the_model_loads(command, name, capsys, monkeypatch):
+    from at2_rag.app import cli as cli_module
+
+    monkeypatch.setattr(cli_module, "_attributor", lambda *a, **k: pytest.fail("the model was loaded"))
+    args = [c.format(name=name) for c in command]
+    assert cli_module.main([*args, "default"] if args[-1] == "--estimator" else [*args, "--estimator", name]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "is a 'query' estimator but 'answer' features" in err

@@ -26,7 +26,7 @@ EXPECTED_ALL = {
     "CitedSource", "ContextTooLongError", "DEFAULT_INSTRUCTION", "DEFAULT_POLICY", "DeviceError",
     "Document", "DocumentLike", "Estimator", "EstimatorError", "Granularity", "InputError", "KeepPolicy",
     "LazyAttributor", "MODES", "MiniLMEmbedder", "Mode", "ModelIdentity", "ModelNotAvailableError",
-    "Prompt", "PruneResult", "Pruner", "QAResult", "RAGPipeline", "RETRIEVAL_RANK_KEY", "SENTENCE_POLICY", "ScoredSource", "TokenStream", "answer_text", "chat_prompt", "check_refine_ablations", "greedy_generate",
+    "Prompt", "PruneResult", "Pruner", "QAResult", "RAGPipeline", "RETRIEVAL_RANK_KEY", "SENTENCE_POLICY", "ScoredSource", "TokenStream", "answer_text", "chat_prompt", "check_encodable", "check_new_tokens", "check_refine_ablations", "greedy_generate",
     "prompt_ids",
     "Source", "UnsupportedModelError", "build_prompt", "cite", "format_context", "fused_scores", "keep_policy",
     "load_model", "split_sentences", "with_markers",
@@ -110,3 +110,16 @@ def test_no_private_name_crosses_a_module(path):
     for target, names in imports(path, module):
         private = [n for n in names if n.startswith("_") and not n.startswith("__")]
         assert not private, f"{module} imports private {private} from {target}"
+
+
+def test_the_input_rules_integrations_share_are_the_cores():
+    """The integrations check surrogates and answer lengths with the core's own rules, not copies."""
+    import at2_rag
+
+    assert at2_rag.check_encodable("fine", "the query") == "fine"
+    with pytest.raises(at2_rag.InputError, match="the query contains a lone surrogate"):
+        at2_rag.check_encodable("x \udcff", "the query")
+    assert at2_rag.check_new_tokens(3) == 3
+    for bad in (0, True, 2.0):
+        with pytest.raises(at2_rag.InputError, match="max_new_tokens must be a positive int"):
+            at2_rag.check_new_tokens(bad)

@@ -100,11 +100,15 @@ def read_text_file(path: str, what: str = "document file") -> str:
         raise InputError(f"{what} {path} cannot be read ({e.strerror or e})") from None
 
 
-def estimator_file(value: str | None) -> None:
-    """An ``--estimator`` that is a path (not a shipped name or 'none') must exist."""
-    from ..estimator import SHIPPED_ESTIMATORS
+def estimator_file(value: str | None, kind: str = "answer") -> None:
+    """An ``--estimator`` that is a path (not a shipped name or 'none') must exist; a shipped name must
+    be of ``kind`` (checked from its file, before any model loads)."""
+    from ..estimator import SHIPPED_ESTIMATORS, Estimator
 
-    if value is None or value in SHIPPED_ESTIMATORS:
+    if value is None or value == "default":
+        return
+    if value in SHIPPED_ESTIMATORS:
+        Estimator.load(value).check_kind(kind)
         return
     p = Path(value)
     if p.suffix == ".safetensors" or os.sep in value or p.exists():

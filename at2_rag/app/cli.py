@@ -134,7 +134,8 @@ def cmd_evaluate(args) -> int:
     if len({m.name for m in methods}) != len(methods):
         raise InputError("each method may be listed once in --methods")
     input_file(args.data, "data file")
-    estimator_file(args.estimator)
+    for spec in [args.estimator] + [m.strip()[4:] for m in args.methods.split(",") if m.strip().startswith("at2:")]:
+        estimator_file(spec)  # at2:NAME estimators too, before the model loads
     output_file(args.out, "summary file")
     options = dict(split=None if args.split == "all" else args.split, limit=args.limit, k=args.k,
                    n_masks=args.masks, max_new_tokens=args.max_new_tokens, on_error=args.on_error)

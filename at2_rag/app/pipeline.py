@@ -8,7 +8,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from ..attributor import AT2Attributor
+from ..attributor import AT2Attributor, check_new_tokens
 from ..citations import Citation, cite, with_markers
 from ..documents import Document, DocumentLike, as_documents, check_encodable
 from ..errors import InputError
@@ -296,10 +296,8 @@ class RAGPipeline:
     ) -> None:
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
             raise InputError(f"k must be a positive int (chunks to retrieve per question), got {k!r}")
-        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-            # the attributor's own rule, checked before any work rather than after retrieval and scoring
-            raise InputError(f"max_new_tokens must be a positive int (tokens to generate), got {max_new_tokens!r}")
-        self.max_new_tokens = max_new_tokens
+        # the attributor's own rule, checked before any work rather than after retrieval and scoring
+        self.max_new_tokens = check_new_tokens(max_new_tokens)
         self.refine_ablations = check_refine_ablations(refine_ablations, allow_zero=True)
         self.attributor = attributor
         self.index = index

@@ -14,9 +14,8 @@ from langchain_core.outputs import ChatGenerationChunk, ChatResult
 from pydantic import ConfigDict, Field, StrictInt, field_validator
 from typing_extensions import override
 
-from at2_rag import AT2Attributor, ModelIdentity, TokenStream, chat_prompt, greedy_generate, prompt_ids
+from at2_rag import AT2Attributor, ModelIdentity, TokenStream, chat_prompt, check_encodable, greedy_generate, prompt_ids
 
-from .documents import check_text
 from .local_model import LocalModelBase
 
 _ROLES = {"human": "user", "ai": "assistant", "system": "system", "tool": "tool", "function": "function"}
@@ -201,5 +200,5 @@ def conversation(messages: Sequence[BaseMessage]) -> list[dict[str, str]]:
             not isinstance(block, str) and block.get("type") != "text" for block in message.content
         ):
             raise ValueError(f"message {i}: AT2ChatModel reads text only, not images, audio or files")
-        out.append({"role": role, "content": check_text(message.text, f"message {i}")})
+        out.append({"role": role, "content": check_encodable(message.text, f"message {i}")})
     return out

@@ -92,7 +92,7 @@ class AT2DocumentCompressor(LocalModelFields, BaseDocumentCompressor):
     query_estimator: str | None = "default"
     """Estimator for the support and query modes: ``"default"`` (the mode's shipped one), a path, or
     None (uniform)."""
-    rank_weight: StrictFloat | None = Field(default=None, ge=0, allow_inf_nan=False)
+    rank_weight: StrictFloat | None = Field(default=None, ge=0, le=1e6, allow_inf_nan=False)  # the core's rule
     """Weight of the retriever's rank (the documents' order, best first) in the keep score; None: the
     mode's default (fitted with the support estimator; 0 in the other modes). Set 0 when the order
     of the documents says nothing about relevance."""

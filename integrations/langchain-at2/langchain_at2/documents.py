@@ -10,7 +10,7 @@ from typing import Any
 from langchain_core.documents import Document
 
 import at2_rag
-from at2_rag import InputError, format_context
+from at2_rag import InputError, check_encodable, format_context
 
 SCORE_KEY = "attribution_score"
 """Metadata key of the raw AT2 score of a returned document (the estimator's units)."""
@@ -28,19 +28,7 @@ def check_question(question: Any, what: str = "query") -> str:
     """The question itself, or :class:`~at2_rag.InputError` unless it is a non-empty string a tokenizer can encode."""
     if not isinstance(question, str) or not question.strip():
         raise InputError(f"the {what} must be a non-empty string, got {question!r:.60}")
-    return check_text(question, f"the {what}")
-
-
-def check_text(text: str, what: str) -> str:
-    """``text`` itself, or :class:`~at2_rag.InputError` when it holds a lone surrogate (no tokenizer can encode it)."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as e:
-        raise InputError(
-            f"{what} contains a lone surrogate {text[e.start]!r} at character {e.start} (broken UTF-16 "
-            "or a bad \\u escape); repair or remove it"
-        ) from None
-    return text
+    return check_encodable(question, f"the {what}")
 
 
 def non_empty(documents: Sequence[Document], owner: str) -> list[int]:

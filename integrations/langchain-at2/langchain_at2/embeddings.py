@@ -8,9 +8,7 @@ from langchain_core.embeddings import Embeddings
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, StrictInt
 from typing_extensions import override
 
-from at2_rag import MiniLMEmbedder
-
-from .documents import check_text
+from at2_rag import MiniLMEmbedder, check_encodable
 
 
 class AT2BundledEmbeddings(BaseModel, Embeddings):
@@ -52,10 +50,10 @@ class AT2BundledEmbeddings(BaseModel, Embeddings):
         if not texts:
             return []
         for i, text in enumerate(texts):
-            check_text(text, f"text {i}")  # a lone surrogate would be a tokenizer TypeError
+            check_encodable(text, f"text {i}")  # a lone surrogate would be a tokenizer TypeError
         return self._model().encode(list(texts), batch_size=self.batch_size).tolist()
 
     @override
     def embed_query(self, text: str) -> list[float]:
         """The embedding of one query."""
-        return self.embed_documents([check_text(text, "the query")])[0]
+        return self.embed_documents([check_encodable(text, "the query")])[0]

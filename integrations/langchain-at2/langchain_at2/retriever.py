@@ -10,8 +10,9 @@ from langchain_core.retrievers import BaseRetriever, RetrieverLike
 from pydantic import ConfigDict, Field, StrictInt, model_validator
 from typing_extensions import override
 
+from at2_rag import check_encodable
+
 from .compressor import AT2DocumentCompressor, top_n_or_k
-from .documents import check_text
 
 COMPRESSOR_SETTINGS = frozenset(AT2DocumentCompressor.model_fields) - {"top_n"} | {"attributor"}
 """Arguments of the retriever that configure the compressor it builds when none is given."""
@@ -74,7 +75,7 @@ class AT2PruningRetriever(BaseRetriever):
         """This call's limit, after checking it and the query: bad input fails before the base retriever runs."""
         limit = self._top_n(top_n, k)
         self.compressor.resolved_policy(limit)  # the core validates the limit
-        check_text(query, "the query")  # a lone surrogate would reach the base retriever's tokenizer
+        check_encodable(query, "the query")  # a lone surrogate would reach the base retriever's tokenizer
         return limit
 
     @override

@@ -39,13 +39,13 @@ from at2_rag import (
     KeepPolicy,
     LazyAttributor,
     TokenStream,
+    check_encodable,
     check_refine_ablations,
     cite,
     keep_policy,
     with_markers,
 )
 
-from .checks import check_text
 from .llm import AT2LLM
 from .nodes import annotate, nodes_with_text, to_documents
 from .postprocessor import AT2Postprocessor
@@ -207,7 +207,7 @@ class AT2CitationQueryEngine(BaseQueryEngine):
         return self.callback_manager.event(kind, payload={EventPayload.QUERY_STR: query_bundle.query_str})
 
     def _query(self, query_bundle: QueryBundle) -> RESPONSE_TYPE:
-        check_text(query_bundle.query_str, "the query")  # before the retriever's tokenizer sees it
+        check_encodable(query_bundle.query_str, "the query")  # before the retriever's tokenizer sees it
         with self._event(CBEventType.QUERY, query_bundle) as query_event:
             with self._event(CBEventType.RETRIEVE, query_bundle) as retrieve_event:
                 nodes = self.citation_nodes(self.retrieve(query_bundle))
@@ -220,7 +220,7 @@ class AT2CitationQueryEngine(BaseQueryEngine):
         return response
 
     async def _aquery(self, query_bundle: QueryBundle) -> RESPONSE_TYPE:
-        check_text(query_bundle.query_str, "the query")  # before the retriever's tokenizer sees it
+        check_encodable(query_bundle.query_str, "the query")  # before the retriever's tokenizer sees it
         with self._event(CBEventType.QUERY, query_bundle) as query_event:
             with self._event(CBEventType.RETRIEVE, query_bundle) as retrieve_event:
                 nodes = self.citation_nodes(await self.aretrieve(query_bundle))

@@ -8,9 +8,7 @@ from typing import Any, List, Sequence
 from llama_index.core.base.embeddings.base import BaseEmbedding, Embedding
 from llama_index.core.bridge.pydantic import Field, PrivateAttr, StrictInt
 
-from at2_rag import MiniLMEmbedder
-
-from .checks import check_text
+from at2_rag import MiniLMEmbedder, check_encodable
 
 
 class AT2BundledEmbedding(BaseEmbedding):
@@ -41,7 +39,7 @@ class AT2BundledEmbedding(BaseEmbedding):
 
     def _embed(self, texts: Sequence[str]) -> List[Embedding]:
         for i, text in enumerate(texts):
-            check_text(text, f"text {i}")  # a lone surrogate would be a tokenizer TypeError
+            check_encodable(text, f"text {i}")  # a lone surrogate would be a tokenizer TypeError
         return self._embedder.encode(list(texts), batch_size=self.embed_batch_size).tolist()
 
     def _get_query_embedding(self, query: str) -> Embedding:

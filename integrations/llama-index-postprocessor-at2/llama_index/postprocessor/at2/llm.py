@@ -34,12 +34,12 @@ from at2_rag import (
     TokenStream,
     answer_text,
     chat_prompt,
+    check_encodable,
     greedy_generate,
     prompt_ids,
 )
 
 from .arguments import check_arguments
-from .checks import check_text
 
 
 class AT2LLM(CustomLLM):
@@ -195,7 +195,7 @@ class AT2LLM(CustomLLM):
         if isinstance(max_new, bool) or not isinstance(max_new, int) or max_new < 1:
             raise ValueError(f"max_new_tokens must be a positive int, got {max_new!r}")
         text = prompt if formatted else self.completion_to_prompt(prompt)
-        ids = prompt_ids(att, check_text(text, "the prompt"))
+        ids = prompt_ids(att, check_encodable(text, "the prompt"))
         window = self._window(att)
         if len(ids) + max_new > window:
             raise ContextTooLongError(
@@ -229,5 +229,5 @@ def conversation(messages: Sequence[ChatMessage]) -> List[Dict[str, str]]:
     for i, message in enumerate(messages):
         if any(not isinstance(block, TextBlock) for block in message.blocks):
             raise ValueError(f"message {i}: AT2LLM reads text only, not images, audio or other blocks")
-        out.append({"role": message.role.value, "content": check_text(message.content or "", f"message {i}")})
+        out.append({"role": message.role.value, "content": check_encodable(message.content or "", f"message {i}")})
     return out

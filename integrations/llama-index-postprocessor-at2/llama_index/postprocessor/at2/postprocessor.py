@@ -21,11 +21,11 @@ from at2_rag import (
     ModelIdentity,
     Pruner,
     PruneResult,
+    check_encodable,
     keep_policy,
 )
 
 from .arguments import check_arguments
-from .checks import check_text
 from .nodes import annotate, nodes_with_text, to_documents
 
 dispatcher = instrument.get_dispatcher(__name__)
@@ -98,6 +98,7 @@ class AT2Postprocessor(BaseNodePostprocessor):
     rank_weight: Optional[StrictFloat] = Field(
         default=None,
         ge=0.0,
+        le=1e6,  # the core's rank-weight rule (at2_rag.Pruner), checked at construction
         allow_inf_nan=False,
         description="Weight of the retriever's rank (the nodes' order, best first) in the keep score; "
         "None: the mode's default (fitted with the support estimator; 0 in the other modes). Set 0 "
@@ -267,7 +268,7 @@ class AT2Postprocessor(BaseNodePostprocessor):
                 "AT2Postprocessor scores nodes against the query: pass query_bundle= or query_str="
             )
         scored = nodes_with_text(nodes, self.metadata_mode)
-        return check_text(query_bundle.query_str, "the query"), scored, to_documents(scored, self.metadata_mode)
+        return check_encodable(query_bundle.query_str, "the query"), scored, to_documents(scored, self.metadata_mode)
 
     def _nothing_to_prune(self, policy: KeepPolicy, n: int) -> bool:
         """Whether ``policy`` keeps all ``n`` whole nodes, whatever their scores."""
