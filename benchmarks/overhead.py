@@ -8,6 +8,7 @@
     python benchmarks/overhead.py --lengths 512 1024 2048 4096 --reps 5
     python benchmarks/overhead.py --device cuda --dtype bfloat16 --lengths 1024 4096 8192 --reps 10
     python benchmarks/overhead.py --model random:qwen2.5-0.5b --lengths 1024 --reps 3 --skip-memory --contextcite
+    python benchmarks/overhead.py --model qwen2.5-coder-0.5b --lengths 512 1024 --reps 3 --contextcite
 
 ``--model random:NAME`` times a model with random weights and the layer shapes of a real one (see
 ``SHAPES``; no weights are needed to time attention capture), with the bundled tokenizer, so its
@@ -237,14 +238,16 @@ def main() -> None:
     ap.add_argument("--skip-memory", action="store_true")
     ap.add_argument("--skip-speed", action="store_true")
     ap.add_argument("--out", default="benchmarks/out/overhead.json")
-    ap.add_argument("--model", default="default", help="'default', or random:NAME with NAME in SHAPES")
+    ap.add_argument("--model", default="default",
+                    help="'default', a fetched model's name (e.g. qwen2.5-coder-0.5b), or random:NAME with NAME in SHAPES")
     ap.add_argument("--contextcite", action="store_true", help="also time ContextCite's 32 ablated passes")
     args = ap.parse_args()
     if args.model.startswith("random:"):
         model, tok = random_model(args.model.split(":", 1)[1], args.device, args.dtype)
         args.skip_memory = True  # the memory children load the default model
     else:
-        model, tok = load_model("default", device=args.device, dtype=None if args.dtype == "none" else args.dtype)
+        model, tok = load_model(args.model, device=args.device, dtype=None if args.dtype == "none" else args.dtype)
+        args.skip_memory = args.skip_memory or args.model != "default"  # the memory children load the default model
     att = AT2Attributor(model, tok, estimator=None)
     device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU ({os.cpu_count()} cores)"
     results = {"device": device_name, "dtype": str(model.dtype), "torch": torch.__version__, "model": args.model,
