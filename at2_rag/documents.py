@@ -3,6 +3,7 @@ laid out in the prompt (``Document [n] (Title: …)`` then its text) — the one
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Union
@@ -83,8 +84,9 @@ def as_document(item: DocumentLike, index: int = 0) -> Document:
 
 
 def is_rank(value: object) -> bool:
-    """Whether ``value`` is a retriever rank: an int (not a bool) from 0 to :data:`MAX_RANK`."""
-    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_RANK
+    """Whether ``value`` is a retriever rank: an integer (Python's or numpy's, not a bool) from 0 to
+    :data:`MAX_RANK`."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and 0 <= int(value) <= MAX_RANK
 
 
 def brief(value: object) -> str:

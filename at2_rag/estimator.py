@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 import os
 import stat
 import warnings
@@ -262,7 +263,7 @@ def check_rank_weight(
     """``value`` as a retriever-rank weight, a real number in [0, :data:`MAX_RANK_WEIGHT`], else ``error``
     naming ``what``: the one rule for ``Pruner(rank_weight=...)`` and an estimator's fusion recipe (NaN
     would make every keep score NaN, inf NaN/-inf, a negative weight invert the retriever's ranking)."""
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):  # numpy numbers too
         weight = float(value) if abs(value) <= MAX_RANK_WEIGHT else math.inf  # no float() of a huge int
         if 0 <= weight <= MAX_RANK_WEIGHT:
             return weight

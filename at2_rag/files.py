@@ -127,7 +127,12 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     The temporary is named ``<name>.<tag>-<pid>-XXXXXXXX.tmp``, so ones left by killed processes
     are removed on a later write (see :func:`_is_stale`).
     """
-    path = Path(os.path.realpath(path)) if os.path.islink(path) else Path(path)
+    if os.path.islink(path):
+        if not os.path.isfile(path):  # dangling, a loop, or pointing at something else: never followed
+            raise FileExistsError(errno.EEXIST, "a symbolic link to no regular file, so it is not written through",
+                                  str(path))
+        path = Path(os.path.realpath(path))
+    path = Path(path)
     if path.exists() and not path.is_file():  # renaming over a folder fails; over a device it would succeed
         raise FileExistsError(errno.EEXIST, "not a regular file, so it is not replaced", str(path))
     path.parent.mkdir(parents=True, exist_ok=True)

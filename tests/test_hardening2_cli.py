@@ -441,8 +441,9 @@ def test_rewrite_through_a_symlink_writes_its_target(tmp_path):
     assert target.read_text() == "new" and stat.S_IMODE(target.stat().st_mode) == 0o600
     dangling = tmp_path / "later.html"
     dangling.symlink_to(tmp_path / "store" / "later.html")
-    atomic_write_text(dangling, "made")
-    assert dangling.is_symlink() and (tmp_path / "store" / "later.html").read_text() == "made"
+    with pytest.raises(FileExistsError, match="symbolic link to no regular file"):
+        atomic_write_text(dangling, "made")  # only an existing regular file is written through
+    assert not (tmp_path / "store" / "later.html").exists()
 
 
 # -- the argument layer under generated hostile values -------------------------------------------------------
@@ -557,3 +558,18 @@ def test_a_shipped_estimator_name_of_another_kind_is_refused_before_the_model_lo
     assert cli_module.main([*args, "default"] if args[-1] == "--estimator" else [*args, "--estimator", name]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "is a 'query' estimator but 'answer' features" in err
+
+
+def test_a_dangling_or_looping_symlink_is_never_written_through(tmp_path):
+    """Following a link whose target does not exist would let whoever planted it pick the file written."""
+    from at2_rag.files import atomic_write_text
+
+    victim = tmp_path / "elsewhere" / "victim.txt"
+    (tmp_path / "dangling").symlink_to(victim)
+    (tmp_path / "loop1").symlink_to(tmp_path / "loop2")
+    (tmp_path / "loop2").symlink_to(tmp_path / "loop1")
+    for name in ("dangling", "loop1"):
+        with pytest.raises(FileExistsError, match="symbolic link to no regular file"):
+            atomic_write_text(tmp_path / name, "x")
+        assert (tmp_path / name).is_symlink()
+    assert not (tmp_path / "elsewhere").exists()

