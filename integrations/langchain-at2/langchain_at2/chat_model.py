@@ -11,11 +11,12 @@ from langchain_core.language_models.chat_models import generate_from_stream
 from langchain_core.messages import AIMessageChunk, BaseMessage, ChatMessage
 from langchain_core.messages.ai import UsageMetadata
 from langchain_core.outputs import ChatGenerationChunk, ChatResult
-from pydantic import ConfigDict, Field, StrictInt, field_validator
+from pydantic import ConfigDict, Field, field_validator
 from typing_extensions import override
 
 from at2_rag import AT2Attributor, ModelIdentity, TokenStream, chat_prompt, check_encodable, greedy_generate, prompt_ids
 
+from .documents import Count
 from .local_model import LocalModelBase
 
 _ROLES = {"human": "user", "ai": "assistant", "system": "system", "tool": "tool", "function": "function"}
@@ -71,7 +72,7 @@ class AT2ChatModel(LocalModelBase, BaseChatModel):
 
     model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid", populate_by_name=True)
 
-    max_new_tokens: StrictInt | None = Field(default=None, gt=0, alias="max_tokens")
+    max_new_tokens: Count | None = Field(default=None, gt=0, alias="max_tokens")
     """Most tokens to generate (alias ``max_tokens``; None: the attributor's default, 64)."""
     temperature: float | None = None
     """Only greedy decoding: None or 0 (accepted so LangChain's standard parameters work)."""

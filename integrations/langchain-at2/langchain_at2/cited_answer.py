@@ -15,7 +15,7 @@ from langchain_core.retrievers import RetrieverLike
 from langchain_core.runnables import Runnable, RunnableConfig, RunnableLambda, RunnableSerializable
 from langchain_core.runnables.config import patch_config
 from langchain_core.runnables.utils import AddableDict
-from pydantic import ConfigDict, Field, StrictFloat, StrictInt, field_validator
+from pydantic import ConfigDict, Field, StrictFloat, field_validator
 from typing_extensions import override
 
 import at2_rag
@@ -35,7 +35,7 @@ from at2_rag import (
 
 from .chat_model import AT2ChatModel
 from .compressor import AT2DocumentCompressor
-from .documents import as_documents, check_question, non_empty, to_at2
+from .documents import Count, as_documents, check_question, non_empty, to_at2
 from .local_model import LocalModelFields
 
 CitedInput = str | Mapping[str, Any]
@@ -96,11 +96,11 @@ class AT2CitedAnswer(LocalModelFields, RunnableSerializable[CitedInput, dict[str
     """Prompt for ``llm``, with the variables ``context`` and ``question``."""
     compressor: AT2DocumentCompressor | None = None
     """Prunes the documents before the final answer (its local model is shared when none is given)."""
-    max_sources: StrictInt = Field(default=3, ge=1)
+    max_sources: Count = Field(default=3, ge=1)
     """At most this many cited sources per answer sentence."""
     relative: StrictFloat = Field(default=0.5, ge=0.0, le=1.0)
     """Cite a source only if it carries at least this fraction of the sentence's best score."""
-    refine_ablations: StrictInt = 0
+    refine_ablations: Count = 0
     """Sharpen the citations with this many ablated passes of the local model (AT2 + N: the N
     top-scored sources left out one at a time; N + 1 more passes per answer); 0: AT2 alone."""
 

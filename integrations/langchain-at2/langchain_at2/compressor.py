@@ -11,12 +11,12 @@ from langchain_core._api import warn_deprecated
 from langchain_core.callbacks import Callbacks
 from langchain_core.documents import BaseDocumentCompressor, Document
 from langchain_core.runnables import RunnableLambda
-from pydantic import ConfigDict, Field, PrivateAttr, StrictFloat, StrictInt, model_validator
+from pydantic import ConfigDict, Field, PrivateAttr, StrictFloat, model_validator
 from typing_extensions import override
 
 from at2_rag import SENTENCE_POLICY, AT2Attributor, KeepPolicy, Pruner, PruneResult, keep_policy
 
-from .documents import SPANS_KEY, check_question, non_empty, plain_copy, relevance_scores, scored_copy, to_at2
+from .documents import SPANS_KEY, Count, check_question, non_empty, plain_copy, relevance_scores, scored_copy, to_at2
 from .local_model import LocalModelFields
 
 PRUNE_RUN_NAME = "at2_prune"
@@ -71,17 +71,17 @@ class AT2DocumentCompressor(LocalModelFields, BaseDocumentCompressor):
     estimator of the model's own answers."""
     policy: KeepPolicy | None = None
     """The whole keep policy (then leave the shorthands below unset); None: built from them."""
-    top_n: StrictInt | None = None
+    top_n: Count | None = None
     """Keep at most this many documents (None: the default policy's 1)."""
-    top_k: StrictInt | None = None
+    top_k: Count | None = None
     """Alias of ``top_n`` (the keep policy's name for it)."""
     threshold: StrictFloat | None = None
     """Keep only documents scoring at least this (keep-score units)."""
     relative: StrictFloat | None = None
     """Keep only documents scoring at least this fraction (0-1) of the best score."""
-    token_budget: StrictInt | None = None
+    token_budget: Count | None = None
     """Keep documents, best first, while their prompt tokens stay within this budget."""
-    min_keep: StrictInt | None = None
+    min_keep: Count | None = None
     """Always keep at least this many of the best documents (None: 1)."""
     sentence_policy: KeepPolicy | None = None
     """Also drop the unused sentences inside kept documents, keeping those this policy selects among

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import math
+import numbers
 import warnings
 from collections.abc import Sequence
-from typing import Any
+from typing import Annotated, Any
 
 from langchain_core.documents import Document
+from pydantic import BeforeValidator, StrictInt
 
 import at2_rag
 from at2_rag import InputError, check_encodable, format_context
@@ -23,6 +25,15 @@ the best scores 1, the worst 0), under the key LangChain rerankers use, so downs
 SPANS_KEY = "attribution_spans"
 """Character spans, in the original text, of the sentences kept by sentence-level pruning."""
 
+
+
+def _integral(value: object) -> object:
+    """Any integer type (numpy's too, not a bool) as a Python int; anything else unchanged for the strict check."""
+    return int(value) if isinstance(value, numbers.Integral) and not isinstance(value, bool) else value
+
+
+Count = Annotated[StrictInt, BeforeValidator(_integral)]
+"""A count field: an int, or a numpy integer converted to one; never a bool, a float or a string."""
 
 def check_question(question: Any, what: str = "query") -> str:
     """The question itself, or :class:`~at2_rag.InputError` unless it is a non-empty string a tokenizer can encode."""

@@ -5,10 +5,12 @@ from __future__ import annotations
 import threading
 
 from langchain_core.embeddings import Embeddings
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, StrictInt
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 from typing_extensions import override
 
 from at2_rag import MiniLMEmbedder, check_encodable
+
+from .documents import Count
 
 
 class AT2BundledEmbeddings(BaseModel, Embeddings):
@@ -29,9 +31,9 @@ class AT2BundledEmbeddings(BaseModel, Embeddings):
 
     device: str = "cpu"
     """Device for the embedding model."""
-    batch_size: StrictInt = Field(default=64, ge=1)
+    batch_size: Count = Field(default=64, ge=1)
     """Texts embedded per forward pass."""
-    max_length: StrictInt = Field(default=256, ge=1)
+    max_length: Count = Field(default=256, ge=1)
     """Tokens per text; longer texts are truncated (as sentence-transformers does for this model)."""
 
     _embedder: MiniLMEmbedder | None = PrivateAttr(default=None)

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from typing import Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, StrictInt, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
 from at2_rag import AT2Attributor, LazyAttributor
+
+from .documents import Count
 
 
 class LocalModelBase(BaseModel):
@@ -63,7 +65,7 @@ class LocalModelFields(LocalModelBase):
     """Answer estimator: ``"default"`` (shipped), a ``.safetensors`` path, or None (uniform weights)."""
     overflow: Literal["error", "drop_last"] = "error"
     """Over-long prompts: raise ``ContextTooLongError``, or drop the last documents with a warning."""
-    max_new_tokens: StrictInt | None = Field(default=None, gt=0)
+    max_new_tokens: Count | None = Field(default=None, gt=0)
     """Length of the local model's answers and drafts (None: the attributor's default, 64)."""
     title_key: str | None = "title"
     """Metadata key whose string value is shown to the model as the document's title."""

@@ -7,12 +7,13 @@ from typing import Any, Self
 from langchain_core.callbacks import AsyncCallbackManagerForRetrieverRun, CallbackManagerForRetrieverRun
 from langchain_core.documents import Document
 from langchain_core.retrievers import BaseRetriever, RetrieverLike
-from pydantic import ConfigDict, Field, StrictInt, model_validator
+from pydantic import ConfigDict, Field, model_validator
 from typing_extensions import override
 
 from at2_rag import check_encodable
 
 from .compressor import AT2DocumentCompressor, top_n_or_k
+from .documents import Count
 
 COMPRESSOR_SETTINGS = frozenset(AT2DocumentCompressor.model_fields) - {"top_n"} | {"attributor"}
 """Arguments of the retriever that configure the compressor it builds when none is given."""
@@ -42,9 +43,9 @@ class AT2PruningRetriever(BaseRetriever):
     """The retriever whose results are pruned."""
     compressor: AT2DocumentCompressor = Field(default_factory=AT2DocumentCompressor)
     """Scores and keeps documents (mode, keep policy, local model)."""
-    top_n: StrictInt | None = None
+    top_n: Count | None = None
     """Return at most this many documents (replaces the compressor's limit; None keeps it)."""
-    k: StrictInt | None = None
+    k: Count | None = None
     """Deprecated alias of ``top_n``."""
 
     @model_validator(mode="before")

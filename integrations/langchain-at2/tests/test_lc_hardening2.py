@@ -127,3 +127,14 @@ def test_call_time_limits_refuse_bools():
         AT2DocumentCompressor().compress_documents([Document(page_content="x")], "q", top_n=True)
     with pytest.raises(ValueError, match="top_n must be a positive int"):
         AT2PruningRetriever(base_retriever=NEVER).invoke("q", top_n=True)
+
+
+def test_numpy_integers_are_counts_too():
+    """A count from numpy (an argsort, a config array) is an int; a bool, float or string stays refused."""
+    import numpy as np
+    from pydantic import ValidationError
+
+    assert AT2DocumentCompressor(top_n=np.int64(2)).top_n == 2
+    for bad in (np.bool_(True), True, 2.0, "2"):
+        with pytest.raises(ValidationError):
+            AT2DocumentCompressor(top_n=bad)

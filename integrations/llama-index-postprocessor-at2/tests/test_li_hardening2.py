@@ -201,3 +201,13 @@ def test_a_node_without_text_is_skipped_before_its_score_is_checked():
     blank = NodeWithScore(node=TextNode(id_="blank", text="  "), score=float("nan"))
     with pytest.warns(UserWarning, match="blank"), pytest.raises(InputError, match="'everest'"):
         AT2Postprocessor().postprocess_nodes([blank, *with_score(float("inf"))], query_str="When?")
+
+
+def test_numpy_integers_are_counts_too():
+    """A count from numpy (an argsort, a config array) is an int; a bool, float or string stays refused."""
+    import numpy as np
+
+    assert AT2Postprocessor(top_n=np.int64(2)).top_n == 2
+    for bad in (np.bool_(True), True, 2.0, "2"):
+        with pytest.raises(ValidationError):
+            AT2Postprocessor(top_n=bad)

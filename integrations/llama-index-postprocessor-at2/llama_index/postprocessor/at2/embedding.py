@@ -6,9 +6,11 @@ import asyncio
 from typing import Any, List, Sequence
 
 from llama_index.core.base.embeddings.base import BaseEmbedding, Embedding
-from llama_index.core.bridge.pydantic import Field, PrivateAttr, StrictInt
+from llama_index.core.bridge.pydantic import Field, PrivateAttr
 
 from at2_rag import MiniLMEmbedder, check_encodable
+
+from .nodes import Count
 
 
 class AT2BundledEmbedding(BaseEmbedding):
@@ -20,7 +22,7 @@ class AT2BundledEmbedding(BaseEmbedding):
 
     model_name: str = Field(default="all-MiniLM-L6-v2", description="The bundled embedding model.")
     device: str = Field(default="cpu", frozen=True, description="Device the model runs on.")
-    max_length: StrictInt = Field(default=256, frozen=True, gt=0, description="Tokens kept per text.")
+    max_length: Count = Field(default=256, frozen=True, gt=0, description="Tokens kept per text.")
 
     _embedder: MiniLMEmbedder = PrivateAttr()
 

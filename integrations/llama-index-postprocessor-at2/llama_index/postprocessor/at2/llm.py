@@ -21,7 +21,7 @@ from llama_index.core.base.llms.types import (
     MessageRole,
     TextBlock,
 )
-from llama_index.core.bridge.pydantic import ConfigDict, Field, PrivateAttr, StrictInt
+from llama_index.core.bridge.pydantic import ConfigDict, Field, PrivateAttr
 from llama_index.core.constants import DEFAULT_CONTEXT_WINDOW
 from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_callback
 from llama_index.core.llms.custom import CustomLLM
@@ -40,6 +40,7 @@ from at2_rag import (
 )
 
 from .arguments import check_arguments
+from .nodes import Count
 
 
 class AT2LLM(CustomLLM):
@@ -61,10 +62,10 @@ class AT2LLM(CustomLLM):
     model: str = Field(default="default", frozen=True, description="Local model to load when none is given.")
     device: Optional[str] = Field(default=None, frozen=True, description="Device for the model (None: CPU).")
     dtype: Optional[str] = Field(default=None, frozen=True, description="Model dtype (None: float32).")
-    max_new_tokens: Optional[StrictInt] = Field(
+    max_new_tokens: Optional[Count] = Field(
         default=None, gt=0, description="Most tokens to generate (None: the attributor's default, 64)."
     )
-    context_window: Optional[StrictInt] = Field(
+    context_window: Optional[Count] = Field(
         default=None, gt=0, description="Context window in tokens (None, or more: the model config's)."
     )
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 import math
 import numbers
 import warnings
-from typing import List, Optional, Sequence, Tuple
+from typing import Annotated, List, Optional, Sequence, Tuple
 
+from llama_index.core.bridge.pydantic import BeforeValidator, StrictInt
 from llama_index.core.schema import MetadataMode, NodeWithScore
 
 from at2_rag import RETRIEVAL_RANK_KEY, Document, InputError
@@ -20,6 +21,15 @@ SPANS_KEY = "attribution_spans"
 METADATA_KEYS = (RETRIEVAL_SCORE_KEY, ATTRIBUTION_SCORE_KEY, SPANS_KEY)
 """Every metadata key AT2 adds; all are excluded from LLM and embedding text."""
 
+
+
+def _integral(value: object) -> object:
+    """Any integer type (numpy's too, not a bool) as a Python int; anything else unchanged for the strict check."""
+    return int(value) if isinstance(value, numbers.Integral) and not isinstance(value, bool) else value
+
+
+Count = Annotated[StrictInt, BeforeValidator(_integral)]
+"""A count field: an int, or a numpy integer converted to one; never a bool, a float or a string."""
 
 def node_text(node: NodeWithScore, metadata_mode: MetadataMode) -> str:
     """The text AT2 scores for ``node``: its content rendered with ``metadata_mode``."""

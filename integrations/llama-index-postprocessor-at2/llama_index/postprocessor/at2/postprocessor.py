@@ -6,7 +6,7 @@ import warnings
 from typing import Any, Dict, List, Literal, Optional, Tuple
 
 import llama_index.core.instrumentation as instrument
-from llama_index.core.bridge.pydantic import ConfigDict, Field, PrivateAttr, StrictFloat, StrictInt
+from llama_index.core.bridge.pydantic import ConfigDict, Field, PrivateAttr, StrictFloat
 from llama_index.core.callbacks import CBEventType, EventPayload
 from llama_index.core.instrumentation.events.rerank import ReRankEndEvent, ReRankStartEvent
 from llama_index.core.postprocessor.types import BaseNodePostprocessor
@@ -26,7 +26,7 @@ from at2_rag import (
 )
 
 from .arguments import check_arguments
-from .nodes import annotate, nodes_with_text, to_documents
+from .nodes import Count, annotate, nodes_with_text, to_documents
 
 dispatcher = instrument.get_dispatcher(__name__)
 
@@ -63,18 +63,18 @@ class AT2Postprocessor(BaseNodePostprocessor):
     policy: Optional[KeepPolicy] = Field(
         default=None, description="The whole keep policy (leave the shorthands unset); None: built from them."
     )
-    top_n: Optional[StrictInt] = Field(default=None, description="Keep at most this many nodes (None: 1, the default).")
-    top_k: Optional[StrictInt] = Field(default=None, description="Alias of top_n (the keep policy's name for it).")
+    top_n: Optional[Count] = Field(default=None, description="Keep at most this many nodes (None: 1, the default).")
+    top_k: Optional[Count] = Field(default=None, description="Alias of top_n (the keep policy's name for it).")
     threshold: Optional[StrictFloat] = Field(
         default=None, description="Keep only nodes scoring at least this (keep-score units)."
     )
     relative: Optional[StrictFloat] = Field(
         default=None, description="Keep only nodes scoring at least this fraction (0-1) of the best."
     )
-    token_budget: Optional[StrictInt] = Field(
+    token_budget: Optional[Count] = Field(
         default=None, description="Keep nodes, best first, while their prompt tokens fit this budget."
     )
-    min_keep: Optional[StrictInt] = Field(
+    min_keep: Optional[Count] = Field(
         default=None, description="Always keep at least this many of the best nodes (None: 1)."
     )
     sentence_policy: Optional[KeepPolicy] = Field(
@@ -87,7 +87,7 @@ class AT2Postprocessor(BaseNodePostprocessor):
         description="Shorthand: True without a sentence_policy uses at2_rag.SENTENCE_POLICY (sentences with "
         "at least half the weight of the node's strongest one); set to True when a sentence_policy is given.",
     )
-    max_new_tokens: Optional[StrictInt] = Field(
+    max_new_tokens: Optional[Count] = Field(
         default=None, gt=0, description="Draft length in draft mode (None: the attributor's default)."
     )
     query_estimator: Optional[str] = Field(
