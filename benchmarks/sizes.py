@@ -87,11 +87,15 @@ def faithfulness(args) -> None:
     from at2_rag.research.evaluation.offline import evaluate_offline, sign_test
 
     present = [n for n, path in RUNGS.items() if (path / "recipe.json").is_file() and any(path.glob("shard-*"))]
+    if not present:
+        raise SystemExit("no rung has test outcomes yet; make them with benchmarks/outcomes_run.py")
     # Paired: questions every rung has, with the same documents in the same order.
     keys = {n: question_keys(n) for n in present}
     common = set.intersection(*(set().union(*k) for k in keys.values()))
     if args.limit is not None:
         common = set(sorted(common)[: args.limit])
+    if not common:
+        raise SystemExit("no test question is in every rung with the same documents; make their outcomes first")
     needed = {n: 1 + max(i for i, shard in enumerate(k) if shard & common) for n, k in keys.items()}
     loaded = {n: rung_rows(n, args.data, needed[n]) for n in present}
     out = {"questions": len(common), "k": 5, "rungs": {}}

@@ -128,14 +128,15 @@ def cmd_ask(args) -> int:
 def cmd_evaluate(args) -> int:
     from ..errors import InputError
     from ..research.evaluation import format_table, make_method, run_evaluation
+    from ..research.evaluation.methods import AT2
     from ..research.shards import parse_shard
 
     methods = [make_method(m.strip()) for m in args.methods.split(",") if m.strip()]
     if len({m.name for m in methods}) != len(methods):
         raise InputError("each method may be listed once in --methods")
     input_file(args.data, "data file")
-    for spec in [args.estimator] + [m.strip()[4:] for m in args.methods.split(",") if m.strip().startswith("at2:")]:
-        estimator_file(spec)  # at2:NAME estimators too, before the model loads
+    for estimator in [args.estimator] + [m.estimator for m in methods if isinstance(m, AT2)]:
+        estimator_file(estimator)  # at2:NAME estimators too, before the model loads
     output_file(args.out, "summary file")
     options = dict(split=None if args.split == "all" else args.split, limit=args.limit, k=args.k,
                    n_masks=args.masks, max_new_tokens=args.max_new_tokens, on_error=args.on_error)
