@@ -1,0 +1,200 @@
+"""A small model pruning for a bigger reader: who should choose the passages a larger model reads?
+
+For each NQ-RAG question (k = 10 retrieved passages, shuffled or retriever order; every passage carries
+its retriever rank in metadata) a pruner keeps 1, 2 or 3 passages and the *reader* (a larger model,
+``--reader``) answers from them, greedily. Pruners, all from one prefill of the question:
+
+- ``proxy_default``  the bundled 135M model's default pruner: support estimator fused with the rank;
+- ``proxy_support``  the same scores without the rank (the 135M model's content signal alone);
+- ``proxy_uniform``  the 135M model's training-free signal: average attention of the question rows
+                     minus that of a content-free question (no estimator at all);
+- ``reader_uniform`` the same training-free signal from the reader's own attention (its own pass);
+- ``retriever``      the retriever's first passages (by rank).
+
+``full`` (all ten) and ``gold`` (the gold passage alone) bound them. Accuracy: a normalised reference
+answer occurs in the normalised answer. Every method's kept passages are recorded, so gold-kept rates
+come for free; the reader answers each distinct context once (``proxy_support`` and ``proxy_uniform``
+at one passage only, to bound the CPU cost). Rows are appended per question (resumable).
+
+    python benchmarks/bigger_reader.py --reader qwen2.5-coder-0.5b --split test --limit 100 \\
+        --out benchmarks/out/bigger-reader-0.5b-test.jsonl
+    python benchmarks/bigger_reader.py --summary benchmarks/out/bigger-reader-0.5b-test.jsonl \\
+        --json benchmarks/out/bigger-reader-0.5b-test.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from at2_rag.research.evaluation.metrics import sign_test_p  # noqa: E402
+
+BUDGETS = (1, 2, 3)
+ANSWERED = {  # method -> budgets the reader answers for (the others: kept passages only)
+    "proxy_default": BUDGETS, "reader_uniform": BUDGETS, "retriever": BUDGETS,
+    "proxy_support": (1,), "proxy_uniform": (1,),
+}
+
+
+def question_scores(att, estimator, question: str, docs: list[dict]) -> tuple[list[float], list[float], list[int]]:
+    """``estimator``'s scores and the training-free (uniform, content-free calibrated) scores of the
+    documents from one batched prefill of ``att``, and each document's prompt tokens."""
+    from at2_rag import Estimator
+
+    prompt = att.prompt(question, docs, "document")
+    raw, null = att.query_features(prompt, content_free=True)
+    calibrated = raw - null
+    own = estimator.source_scores(calibrated if estimator.calibration == "content-free" else raw).tolist()
+    uniform = Estimator.uniform(att.model, "query").source_scores(calibrated).tolist()
+    tokens = [s.token_end - s.token_start for s in prompt.sources]
+    return own, uniform, tokens
+
+
+def run(args) -> None:
+    import torch
+    from pruning_eval import done_ids
+    from readers import answer_ids_batched
+
+    from at2_rag import RETRIEVAL_RANK_KEY, AT2Attributor, Estimator, KeepPolicy, fused_scores
+    from at2_rag.research.ablation_data import support_documents
+    from at2_rag.research.data import is_correct, read_jsonl
+
+    torch.manual_seed(0)
+    examples = [e for e in read_jsonl(args.data, split=args.split) if e.get("gold_rank") is not None][: args.limit]
+    done = done_ids(args.out)
+    todo = [e for e in examples if e["id"] not in done]
+    print(f"{len(examples)} {args.split} questions; {len(done)} done, {len(todo)} to go", flush=True)
+    if not todo:
+        return
+    proxy = AT2Attributor.from_pretrained("default", max_new_tokens=32)
+    reader = AT2Attributor.from_pretrained(args.reader, max_new_tokens=32)
+    support = proxy.query_estimator("default-support")
+    rank_weight = support.recipe["fusion"]["rank_weight"]
+    reader_uniform = Estimator.uniform(reader.model, "query")
+    orders = args.orders.split(",")
+    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
+    for n_done, ex in enumerate(todo, 1):
+        q, gold_ids = ex["question"], set(ex["gold_document_ids"])
+        ranks = {d["id"]: r for r, d in enumerate(ex["documents"])}
+        row = {"id": ex["id"], "question": q, "answers": ex["answers"], "reader": args.reader, "orders": {}}
+        prompts: dict[tuple, list[int]] = {}
+        plan = []  # (order, method, budget, key)
+        for order in orders:
+            docs = [{**d, "metadata": {RETRIEVAL_RANK_KEY: ranks[d["id"]]}} for d in support_documents(ex, 10, order)]
+            doc_ranks = [ranks[d["id"]] for d in docs]
+            t = time.perf_counter()
+            sup, proxy_uni, tokens = question_scores(proxy, support, q, docs)
+            t_proxy = time.perf_counter() - t
+            t = time.perf_counter()
+            _, own_uni, _ = question_scores(reader, reader_uniform, q, docs)
+            t_reader = time.perf_counter() - t
+            signals = {
+                "proxy_default": fused_scores(sup, rank_weight, doc_ranks), "proxy_support": sup,
+                "proxy_uniform": proxy_uni, "reader_uniform": own_uni, "retriever": [-r for r in doc_ranks],
+            }
+            o = row["orders"][order] = {
+                "doc_ids": [d["id"] for d in docs], "tokens": tokens, "ranks": doc_ranks,
+                "gold_positions": [i for i, d in enumerate(docs) if d["id"] in gold_ids],
+                "signals": signals, "seconds": {"proxy_score": t_proxy, "reader_score": t_reader}, "methods": {},
+            }
+            for method, scores in signals.items():
+                for n in BUDGETS:
+                    kept = KeepPolicy(top_k=n).select(scores)
+                    entry = {"kept": kept, "tokens": sum(tokens[i] for i in kept),
+                             "gold_kept": any(docs[i]["id"] in gold_ids for i in kept)}
+                    o["methods"][f"{method}@{n}"] = entry
+                    if n in ANSWERED[method]:
+                        plan.append((order, f"{method}@{n}", tuple(docs[i]["id"] for i in kept)))
+            plan.append((order, "full", tuple(d["id"] for d in docs)))
+            o["methods"]["full"] = {"kept": list(range(len(docs))), "tokens": sum(tokens)}
+            by_id = {d["id"]: d for d in docs}
+            for _, _, key in plan:
+                if key not in prompts and all(i in by_id for i in key):
+                    prompts[key] = reader.prompt(q, [by_id[i] for i in key], "document").input_ids
+        gold_key = tuple(d["id"] for d in ex["documents"][:10] if d["id"] in gold_ids)
+        if gold_key not in prompts:
+            prompts[gold_key] = reader.prompt(q, [d for d in ex["documents"][:10] if d["id"] in gold_ids], "document").input_ids
+        t = time.perf_counter()
+        answers = dict(zip(prompts, answer_ids_batched(reader, list(prompts.values()), batch_size=args.batch_size)))
+        row["answer_seconds"] = time.perf_counter() - t
+        row["answered_contexts"] = len(prompts)
+        for order, method, key in plan:
+            a = answers[key]
+            row["orders"][order]["methods"][method].update({"answer": a, "correct": is_correct(a, ex["answers"])})
+        a = answers[gold_key]
+        row["gold"] = {"answer": a, "correct": is_correct(a, ex["answers"])}
+        with open(args.out, "a") as fh:
+            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+        print(f"[{n_done}/{len(todo)}] {ex['id']} contexts={len(prompts)} answers={row['answer_seconds']:.0f}s "
+              + " ".join(f"{o}:{m}={int(v['correct'])}" for o, x in row["orders"].items()
+                         for m, v in x["methods"].items() if "correct" in v and m.endswith("@1")), flush=True)
+
+
+def summary(path: str, out_json: str | None) -> dict:
+    """Accuracy, gold-kept rate and token share per order, method and budget, with paired sign tests
+    of every method against ``proxy_default`` and ``retriever`` at the same budget."""
+    rows = [json.loads(line) for line in open(path) if line.strip()]
+    result = {"questions": len(rows), "reader": rows[0]["reader"] if rows else None, "orders": {},
+              "gold": sum(r["gold"]["correct"] for r in rows) / max(len(rows), 1)}
+    for order in sorted({o for r in rows for o in r["orders"]}):
+        rs = [r for r in rows if order in r["orders"]]
+        methods = rs[0]["orders"][order]["methods"]
+        table = {}
+        for m in methods:
+            got = [r["orders"][order]["methods"][m] for r in rs]
+            total = [sum(r["orders"][order]["tokens"]) for r in rs]
+            entry = {"token_share": sum(g["tokens"] for g in got) / sum(total)}
+            if "gold_kept" in got[0]:
+                entry["gold_kept"] = sum(g["gold_kept"] for g in got) / len(got)
+            if "correct" in got[0]:
+                entry["accuracy"] = sum(g["correct"] for g in got) / len(got)
+                for ref in ("proxy_default", "retriever", "reader_uniform"):
+                    other = f"{ref}@{m.split('@')[1]}" if "@" in m else None
+                    if other and other != m and "correct" in methods.get(other, {}):
+                        wins = sum(a["correct"] and not r["orders"][order]["methods"][other]["correct"]
+                                   for a, r in zip(got, rs))
+                        losses = sum(r["orders"][order]["methods"][other]["correct"] and not a["correct"]
+                                     for a, r in zip(got, rs))
+                        entry[f"vs_{ref}"] = {"wins": wins, "losses": losses, "p": sign_test_p(wins, losses)}
+            table[m] = entry
+        result["orders"][order] = {"questions": len(rs), "methods": table}
+    if out_json:
+        with open(out_json, "w") as fh:
+            json.dump(result, fh, indent=1)
+    for order, o in result["orders"].items():
+        print(f"\n{order} order, {o['questions']} questions (reader {result['reader']}, gold alone {result['gold']:.1%})")
+        for m, e in o["methods"].items():
+            tests = " ".join(f"{k}={v['wins']}-{v['losses']} p={v['p']:.2f}" for k, v in e.items() if k.startswith("vs_"))
+            acc = f"{e['accuracy']:.1%}" if "accuracy" in e else "   -  "
+            gk = f"{e['gold_kept']:.1%}" if "gold_kept" in e else "  -  "
+            print(f"  {m:20s} acc {acc:>6s}  gold kept {gk:>6s}  tokens {e['token_share']:.1%}  {tests}")
+    return result
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", default="data/nq_rag.jsonl.gz")
+    ap.add_argument("--reader", default="qwen2.5-coder-0.5b", help="the larger model that answers (a fetched name)")
+    ap.add_argument("--split", default="test", choices=["validation", "test"])
+    ap.add_argument("--orders", default="shuffled,retriever")
+    ap.add_argument("--limit", type=int, default=100)
+    ap.add_argument("--batch-size", type=int, default=4)
+    ap.add_argument("--out", default=None)
+    ap.add_argument("--summary", default=None, help="summarise this rows file instead of running")
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args()
+    if args.summary:
+        summary(args.summary, args.json)
+    else:
+        if not args.out:
+            ap.error("--out is required to run")
+        run(args)
+
+
+if __name__ == "__main__":
+    main()
