@@ -55,6 +55,51 @@ def question_scores(att, estimator, question: str, docs: list[dict]) -> tuple[li
     return own, uniform, tokens
 
 
+SIGNAL_VARIANTS = ("difference", "raw", "difference_per_token", "log_ratio", "difference_late_layers")
+"""Training-free forms of the question rows' attention compared on validation (``--stage signals``)."""
+
+
+def signal_variant(name: str, raw, null, tokens):
+    """Scores ``(S,)`` of one training-free form from raw and content-free features ``(L, H, S)``."""
+    import torch
+
+    if name == "raw":
+        return raw.sum((0, 1))
+    if name == "log_ratio":
+        return (torch.log(raw.clamp_min(1e-9)) - torch.log(null.clamp_min(1e-9))).sum((0, 1))
+    if name == "difference_late_layers":
+        return (raw - null)[raw.shape[0] // 2:].sum((0, 1))
+    diff = (raw - null).sum((0, 1))
+    return diff / torch.tensor(tokens, dtype=diff.dtype) if name == "difference_per_token" else diff
+
+
+def signals(args) -> None:
+    """Gold-passage-first rate of each training-free form, per model, on validation questions (shuffled,
+    k = 10): the form ``run`` uses for both models is chosen here, never on test questions."""
+    from at2_rag import AT2Attributor
+    from at2_rag.research.ablation_data import support_documents
+    from at2_rag.research.data import read_jsonl
+
+    examples = [e for e in read_jsonl(args.data, split="validation") if e.get("gold_rank") is not None][: args.limit]
+    models = {"proxy": AT2Attributor.from_pretrained("default"), "reader": AT2Attributor.from_pretrained(args.reader)}
+    hits = {m: {v: 0 for v in SIGNAL_VARIANTS} for m in models}
+    for n, ex in enumerate(examples, 1):
+        docs = support_documents(ex, 10, "shuffled")
+        gold = {i for i, d in enumerate(docs) if d["id"] in set(ex["gold_document_ids"])}
+        for m, att in models.items():
+            prompt = att.prompt(ex["question"], docs, "document")
+            raw, null = att.query_features(prompt, content_free=True)
+            tokens = [s.token_end - s.token_start for s in prompt.sources]
+            for v in SIGNAL_VARIANTS:
+                hits[m][v] += int(signal_variant(v, raw, null, tokens).argmax()) in gold
+        print(n, {m: dict(h) for m, h in hits.items()}, flush=True)
+    result = {"split": "validation", "order": "shuffled", "k": 10, "questions": len(examples), "reader": args.reader,
+              "gold_first": {m: {v: h / len(examples) for v, h in hv.items()} for m, hv in hits.items()}}
+    with open(args.json or "benchmarks/out/bigger-reader-signals-validation.json", "w") as fh:
+        json.dump(result, fh, indent=1)
+    print(json.dumps(result, indent=1))
+
+
 def run(args) -> None:
     import torch
     from pruning_eval import done_ids
@@ -181,6 +226,8 @@ def main() -> None:
     ap.add_argument("--data", default="data/nq_rag.jsonl.gz")
     ap.add_argument("--reader", default="qwen2.5-coder-0.5b", help="the larger model that answers (a fetched name)")
     ap.add_argument("--split", default="test", choices=["validation", "test"])
+    ap.add_argument("--stage", default="run", choices=["run", "signals"],
+                    help="signals: compare training-free forms on validation questions (choose the form)")
     ap.add_argument("--orders", default="shuffled,retriever")
     ap.add_argument("--limit", type=int, default=100)
     ap.add_argument("--batch-size", type=int, default=4)
@@ -190,6 +237,8 @@ def main() -> None:
     args = ap.parse_args()
     if args.summary:
         summary(args.summary, args.json)
+    elif args.stage == "signals":
+        signals(args)
     else:
         if not args.out:
             ap.error("--out is required to run")
