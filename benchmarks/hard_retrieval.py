@@ -2,7 +2,7 @@
 
 The NQ-RAG retriever (exact MiniLM similarity) ranks the gold passage first for about 90% of
 questions, so the fitted rank fusion lets it decide. Here the same questions get other first-stage
-orders over the same passage pool (``at2_rag.research.first_stage``): ``bm25-k10``, ``merge-k10``
+orders over the same passage pool (``at2_rag.app.first_stage``): ``bm25-k10``, ``merge-k10``
 (reciprocal-rank fusion, k = 60, of the MiniLM and BM25 top-20), ``minilm-k20``, ``bm25-k20``, and
 ``minilm-k10`` (the existing order) for reference.
 
@@ -83,7 +83,7 @@ LISTS_FORMAT = 1
 def build(source: str, out_dir: str, summary_path: str, nq_rag: str | None, embedder=None) -> dict[str, Any]:
     """Write the lists file and its meta for the validation and test questions of ``source``; return
     (and write) the hit-rate summary. ``nq_rag``: the existing NQ-RAG data, to check ``minilm-k10`` against."""
-    from at2_rag.research import first_stage as fs
+    from at2_rag.app import first_stage as fs
     from at2_rag.research.data import file_sha256, split_of, write_jsonl
 
     rows, pool = fs.nq_pool(source)
@@ -100,7 +100,7 @@ def build(source: str, out_dir: str, summary_path: str, nq_rag: str | None, embe
         "source": os.path.basename(source),
         "source_sha256": file_sha256(source),
         "pool": len(pool),
-        "resolve": "passage ids are at2_rag.research.first_stage.nq_pool(source)[1] ids: sha256(title + '\\n' + "
+        "resolve": "passage ids are at2_rag.app.first_stage.nq_pool(source)[1] ids: sha256(title + '\\n' + "
                    "text)[:12] of each question's gold passage, the ids data/nq_rag.jsonl.gz uses",
         "bm25": {"k1": fs.BM25_K1, "b": fs.BM25_B, "idf": "ln(1 + (N - df + 0.5) / (df + 0.5))",
                  "tokens": "lower-cased \\w+ runs, no stemming, no stop words", "text": "title + '. ' + text"},
@@ -123,7 +123,7 @@ def build(source: str, out_dir: str, summary_path: str, nq_rag: str | None, embe
 
 def lists_summary(lists: Sequence[dict[str, Any]], meta: dict[str, Any]) -> dict[str, Any]:
     """Per split and condition: questions, gold passage first / in the top 3 / in the list."""
-    from at2_rag.research.first_stage import hit_rates
+    from at2_rag.app.first_stage import hit_rates
 
     out: dict[str, Any] = {key: meta[key] for key in ("source", "source_sha256", "pool", "bm25", "merge")}
     out["splits"] = {}
@@ -301,9 +301,9 @@ def run(args) -> None:
     from readers import answer_ids_batched
 
     from at2_rag import AT2Attributor
+    from at2_rag.app.first_stage import nq_pool
     from at2_rag.errors import InputError
     from at2_rag.research.data import file_sha256
-    from at2_rag.research.first_stage import nq_pool
 
     torch.manual_seed(0)
     meta, lists = read_lists(args.lists, args.stage)

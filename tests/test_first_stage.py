@@ -11,8 +11,7 @@ import zlib
 import pytest
 import torch
 
-from at2_rag.errors import InputError
-from at2_rag.research.first_stage import (
+from at2_rag.app.first_stage import (
     BM25,
     Condition,
     build_lists,
@@ -22,6 +21,7 @@ from at2_rag.research.first_stage import (
     reciprocal_rank_fusion,
     tokenize,
 )
+from at2_rag.errors import InputError
 
 CORPUS = ["The cat sat.", "The dog sat on the mat", "cat cat dog", "A bird"]
 """Four documents of 3, 6, 3 and 2 tokens: N = 4, avgdl = 14 / 4 = 3.5."""
@@ -135,8 +135,8 @@ CONDS = {"minilm-k2": Condition("minilm", 2), "bm25-k3": Condition("bm25", 3), "
 
 
 def test_build_lists_orders_each_condition_and_finds_the_gold_passage(nq_file):
+    from at2_rag.app.first_stage import pool_documents
     from at2_rag.app.retrieval import passage_text
-    from at2_rag.research.first_stage import pool_documents
 
     rows, pool = nq_pool(nq_file)
     dense = fake_minilm(len(pool), len(rows))

@@ -16,9 +16,9 @@ import pytest
 import torch
 from test_first_stage import HashEmbedder  # the same deterministic MiniLM stand-in
 
+from at2_rag.app.first_stage import hit_rates, tokenize
 from at2_rag.errors import InputError
 from at2_rag.research.data import split_of
-from at2_rag.research.first_stage import hit_rates, tokenize
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 

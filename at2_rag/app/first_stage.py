@@ -77,7 +77,7 @@ def nq_pool(source: str | Path) -> tuple[list[dict[str, Any]], list[dict[str, st
     """The NQ-Open rows of ``source`` (each with its gold passage's id as ``gold_id``) and the passage
     pool (``id``, ``title``, ``text``; first appearance order, one entry per distinct passage) — the pool
     and ids ``build_nq_rag`` retrieves from, so a passage id in the lists resolves through this pool."""
-    from ..app.nq_rag import read_nq_open
+    from .nq_rag import read_nq_open
 
     rows = read_nq_open(source)
     if not rows:
@@ -151,7 +151,7 @@ def minilm_hits(
 ) -> list[list[tuple[int, float]]]:
     """Each question's ``k`` nearest pool passages ``(pool index, cosine)`` with the application's
     retriever (the bundled MiniLM, exact inner-product index), as ``build_nq_rag`` retrieves."""
-    from ..app.retrieval import VectorIndex
+    from .retrieval import VectorIndex
 
     index = VectorIndex.build(pool_documents(pool), embedder)
     position = {p["id"]: i for i, p in enumerate(pool)}
@@ -171,7 +171,7 @@ def build_lists(
     need = max([MERGE_DEPTH] + [c.k for c in conditions.values()])
     if len(minilm) != len(rows):
         raise InputError(f"{len(minilm)} MiniLM hit lists for {len(rows)} questions; pass one per question")
-    from ..app.retrieval import passage_text
+    from .retrieval import passage_text
 
     bm25 = BM25([passage_text(d) for d in pool_documents(pool)])
     ids = [p["id"] for p in pool]
