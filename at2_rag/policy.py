@@ -15,7 +15,9 @@ class KeepPolicy:
 
     Args:
         top_k: keep at most this many, best first.
-        threshold: keep only documents scoring at least this (scores are the estimator's units).
+        threshold: keep only documents scoring at least this (in the units of the scores compared:
+            keep scores, or calibrated 0-1 relevance where the caller passes it, as the framework
+            components do).
         relative: keep only documents scoring at least ``relative`` × the best score (0–1).
         token_budget: keep documents, best first, while their total tokens stay within this;
             a document that does not fit is skipped and smaller ones after it may still fit.
@@ -39,10 +41,22 @@ class KeepPolicy:
         if self.threshold is not None and not math.isfinite(self.threshold):
             raise ValueError(f"threshold must be a finite number, got {self.threshold!r}")
 
-    def select(self, scores: Sequence[float], lengths: Sequence[int] | None = None) -> list[int]:
-        """Indices of the documents to keep, highest score first (ties keep input order)."""
+    def select(
+        self,
+        scores: Sequence[float],
+        lengths: Sequence[int] | None = None,
+        threshold_scores: Sequence[float] | None = None,
+    ) -> list[int]:
+        """Indices of the documents to keep, highest score first (ties keep input order).
+
+        ``threshold_scores``: what ``threshold`` compares instead of ``scores`` (one per document, e.g.
+        calibrated 0-1 relevance, a monotone map of the scores); the order is always by ``scores``.
+        """
         if self.token_budget is not None and (lengths is None or len(lengths) != len(scores)):
             raise ValueError("a token budget needs one token length per document")
+        if threshold_scores is not None and len(threshold_scores) != len(scores):
+            raise ValueError("threshold_scores needs one value per document")
+        by = scores if threshold_scores is None else threshold_scores
         order = sorted(range(len(scores)), key=lambda i: (-scores[i], i))
         if not order:
             return []
@@ -52,7 +66,7 @@ class KeepPolicy:
         for i in order:
             if self.top_k is not None and len(kept) >= self.top_k:
                 break
-            if self.threshold is not None and scores[i] < self.threshold:
+            if self.threshold is not None and by[i] < self.threshold:
                 continue
             if self.relative is not None and scores[i] < self.relative * best:
                 continue

@@ -6,24 +6,32 @@ Three scoring modes:
 - ``"support"`` (default): one prefill pass; the question rows' attention is scored by the support
   estimator, trained on ablations of the dataset's *reference* answers, so it predicts which
   documents make the model answer correctly — not which ones it leans on (a small reader leans on
-  the last document whatever it says). Fused with the retriever's rank (:func:`fused_scores`).
+  the last document whatever it says). Fused with the retriever's rank (:func:`fused_scores`) when a
+  rank is known (:func:`known_ranks`): never with an order nobody vouched for.
 - ``"draft"``: the local model drafts an answer; its attention while drafting is scored by the answer
   estimator (zero extra passes). Faithful to what the draft used, right or wrong.
 - ``"query"``: one prefill pass scored by the query estimator, trained on the model's own answers.
+
+With the shipped question-row estimators, each result also carries ``relevance``: a calibrated chance
+that each document is the one that answers (:class:`RelevanceMap`, fitted on validation questions).
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
+import hashlib
+import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from pathlib import Path
+from typing import Any, Literal
 
 from .attributor import AT2Attributor, check_new_tokens
 from .documents import RETRIEVAL_RANK_KEY, Document, DocumentLike, as_documents, brief, is_rank
-from .errors import InputError
+from .errors import EstimatorError, InputError
 from .estimator import Estimator, check_rank_weight
 from .policy import DEFAULT_POLICY, KeepPolicy
 from .prompts import Granularity, encode
@@ -33,6 +41,17 @@ Mode = Literal["support", "draft", "query"]
 MODES: tuple[str, ...] = ("support", "draft", "query")
 DEFAULT_ESTIMATORS = {"support": "default-support", "query": "default-query"}
 """The shipped question-row estimator of each prefill-only mode."""
+InputOrder = Literal["unknown", "retriever"]
+INPUT_ORDERS: tuple[str, ...] = ("unknown", "retriever")
+"""What the order of the input documents says: nothing (default), or the retriever's ranking, best first."""
+RankSource = Literal["metadata", "input order", "none"]
+ThresholdScale = Literal["keep", "relevance"]
+THRESHOLD_SCALES: tuple[str, ...] = ("keep", "relevance")
+"""What a keep policy's ``threshold`` compares: keep scores, or calibrated relevance (0-1)."""
+RELEVANCE_FILE = Path(__file__).parent / "estimators" / "relevance.json"
+"""The shipped relevance maps and the recipe that fitted them (``benchmarks/calibration.py``)."""
+RELEVANCE_FORMAT = "at2-rag-relevance"
+RELEVANCE_FORMAT_VERSION = 1
 
 
 def standardized(scores: Sequence[float]) -> list[float]:
@@ -62,11 +81,98 @@ def fused_scores(
 
 def retriever_ranks(documents: Sequence[Document]) -> list[int] | None:
     """The documents' ``retrieval_rank`` metadata when every one has a rank (an int from 0 to 2**53, as
-    ``as_documents`` requires of it), else None (then the input order is the rank)."""
+    ``as_documents`` requires of it), else None."""
     ranks = [d.metadata.get(RETRIEVAL_RANK_KEY) for d in documents]
     if all(is_rank(r) for r in ranks):
         return ranks  # type: ignore[return-value]
     return None
+
+
+def known_ranks(documents: Sequence[Document], input_order: InputOrder = "unknown") -> tuple[list[int] | None, RankSource]:
+    """The retriever ranks that can be trusted, and where they came from: every document's
+    ``retrieval_rank`` metadata (``"metadata"``), else the positions when the caller says the input is
+    in retriever order (``"input order"``), else none (``"none"``): an order nobody vouched for (sorted
+    by date, merged lists, hand-assembled) must not outrank what the documents say."""
+    ranks = retriever_ranks(documents)
+    if ranks is not None:
+        return ranks, "metadata"
+    if input_order == "retriever":
+        return list(range(len(documents))), "input order"
+    return None, "none"
+
+
+@dataclass(frozen=True)
+class RelevanceMap:
+    """Calibrated chance that each scored document is the one that answers: a softmax over the list of
+    ``slope · (z(score) − rank_weight · log(1 + rank))``, fitted by maximum likelihood on validation
+    questions for one estimator (named by its weights' SHA-256) with one rank weight (0: no rank).
+
+    Monotone in the keep score within a call, so a threshold on it keeps a prefix of the keep order.
+    The shares sum to 1: it assumes the list holds the answering passage, as the validation lists
+    (top-10 dense retrieval) almost always did; it cannot say that none of them answers.
+    """
+
+    estimator: str
+    weights_sha256: str
+    rank_weight: float
+    slope: float
+
+    def probabilities(self, scores: Sequence[float], ranks: Sequence[int] | None = None) -> list[float]:
+        """The chance of each document (AT2 scores ``scores``, retriever ``ranks`` when the map uses them)."""
+        if not scores:
+            return []
+        if self.rank_weight > 0 and ranks is None:
+            raise InputError("this relevance map needs the documents' retriever ranks")
+        logits = [self.slope * k for k in (
+            fused_scores(scores, self.rank_weight, ranks) if self.rank_weight > 0 else standardized(scores))]
+        top = max(logits)
+        weights = [math.exp(v - top) for v in logits]
+        total = sum(weights)
+        return [w / total for w in weights]
+
+
+def weights_fingerprint(estimator: Estimator) -> str:
+    """SHA-256 of an estimator's weights as little-endian float32: which estimator a relevance map was fitted for."""
+    return hashlib.sha256(estimator.weights.detach().cpu().numpy().astype("<f4").tobytes()).hexdigest()
+
+
+@functools.cache
+def relevance_maps(path: Path = RELEVANCE_FILE) -> tuple[RelevanceMap, ...]:
+    """The relevance maps in ``path`` (none when it does not exist), read once as JSON and checked."""
+    if not path.exists():
+        return ()
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(data, dict) or data.get("format") != RELEVANCE_FORMAT:
+            raise ValueError(f"its format is not {RELEVANCE_FORMAT!r}")
+        if data.get("format_version") != RELEVANCE_FORMAT_VERSION:
+            raise ValueError(f"format_version {data.get('format_version')!r} is not {RELEVANCE_FORMAT_VERSION}")
+        return tuple(_relevance_map(m) for m in data["maps"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise EstimatorError(f"{path} is not a valid relevance-map file ({exc}); reinstall at2-rag") from None
+
+
+def _relevance_map(entry: Any) -> RelevanceMap:
+    """One map entry of the relevance file, type-checked (finite numbers, a positive slope)."""
+    fields = {f.name: entry[f.name] for f in dataclasses.fields(RelevanceMap)}
+    for name in ("rank_weight", "slope"):
+        value = fields[name]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ValueError(f"{name} {value!r} is not a finite number")
+    if fields["slope"] <= 0 or fields["rank_weight"] < 0:
+        raise ValueError("a map needs a positive slope and a non-negative rank weight")
+    return RelevanceMap(str(fields["estimator"]), str(fields["weights_sha256"]),
+                        float(fields["rank_weight"]), float(fields["slope"]))
+
+
+def relevance_map(estimator: Estimator, rank_weight: float) -> RelevanceMap | None:
+    """The shipped map fitted for ``estimator`` with exactly this rank weight (0: no rank), else None."""
+    maps = relevance_maps()
+    if not maps:
+        return None
+    fingerprint = weights_fingerprint(estimator)
+    return next((m for m in maps if m.weights_sha256 == fingerprint
+                 and math.isclose(m.rank_weight, rank_weight, rel_tol=1e-9, abs_tol=1e-12)), None)
 
 
 @dataclass
@@ -85,8 +191,8 @@ class PruneResult:
     """The attribution the scores came from (its ``answer`` is the draft in draft mode)."""
     mode: str = "support"
     keep_scores: list[float] | None = None
-    """The scores the keep policy ranked (AT2 scores fused with retriever rank); ``scores`` when not
-    given."""
+    """The scores the keep policy ranked (AT2 scores fused with the retriever rank when one is known);
+    ``scores`` when not given."""
     dropped_for_window: list[int] = field(default_factory=list)
     """Documents left out of scoring to fit the window (``overflow="drop_last"``); never kept."""
     sentence_spans: dict[int, list[tuple[int, int]]] | None = None
@@ -94,10 +200,33 @@ class PruneResult:
     in reading order (None: whole documents are kept)."""
     sentence_tokens: dict[int, int] | None = None
     """With sentence-level pruning: per kept document, the prompt tokens of its kept sentences."""
+    rank_source: RankSource = "none"
+    """Where the keep score's rank term came from: every document's ``retrieval_rank`` metadata
+    (``"metadata"``), the input order declared as the retriever's (``"input order"``), or nowhere
+    (``"none"``: no rank was known, or the rank weight is 0; the keep score is AT2's alone)."""
+    relevance: list[float] | None = None
+    """Calibrated chance (0-1) that each document is the one that answers (:class:`RelevanceMap`; 0 for
+    documents dropped for the window); None when no shipped map fits the estimator, mode and rank weight."""
 
     def __post_init__(self) -> None:
         if self.keep_scores is None:
             self.keep_scores = list(self.scores)
+
+    @property
+    def relevance_calibrated(self) -> bool:
+        """Whether :attr:`relevance_scores` are calibrated chances (else keep scores min-max scaled)."""
+        return self.relevance is not None
+
+    @property
+    def relevance_scores(self) -> list[float]:
+        """One 0-1 score per document for frameworks: :attr:`relevance` when calibrated, else the keep
+        scores min-max scaled within this call (best 1, worst 0; not finite: 0)."""
+        if self.relevance is not None:
+            return list(self.relevance)
+        keep = self.keep_scores or []
+        finite = [s for s in keep if math.isfinite(s)]
+        low, high = (min(finite), max(finite)) if finite else (0.0, 0.0)
+        return [0.0 if not math.isfinite(s) else 1.0 if high == low else (s - low) / (high - low) for s in keep]
 
     @property
     def dropped(self) -> list[int]:
@@ -142,13 +271,19 @@ class Pruner:
         policy: the keep policy (default: :data:`DEFAULT_POLICY`).
         query_estimator: estimator of the question rows in support and query modes (default: the
             shipped one of the mode, ``"default-support"`` / ``"default-query"``).
-        rank_weight: weight of the retriever rank in the keep score (:func:`fused_scores`): the
-            documents' ``retrieval_rank`` metadata when all have one, else their order (then they
-            must come in retriever order, best first). None: the weight fitted with the support
+        rank_weight: weight of the retriever rank in the keep score (:func:`fused_scores`), used only
+            when a rank is known (:func:`known_ranks`). None: the weight fitted with the support
             estimator (its recipe's ``fusion.rank_weight``) in support mode, 0 (AT2 scores alone) in
-            the other modes. Pass 0 when neither says anything about relevance. The policy ranks by
-            the keep scores, so with a rank weight its ``threshold``/``relative`` are in keep-score
-            units (standardized, possibly negative): prefer ``top_k`` or ``token_budget`` then.
+            the other modes. The policy ranks by the keep scores, so with a rank weight its
+            ``relative`` is in keep-score units (standardized, possibly negative), and so is
+            ``threshold`` unless ``threshold_scale="relevance"``.
+        input_order: ``"unknown"`` (default): without ``retrieval_rank`` metadata on every document the
+            keep score is AT2's alone, whatever the order; ``"retriever"``: the documents come in the
+            retriever's order, best first, so their positions are the ranks.
+        threshold_scale: what the policy's ``threshold`` compares: ``"keep"`` scores (default), or
+            ``"relevance"``, the calibrated 0-1 chance (:attr:`PruneResult.relevance`; an
+            :class:`InputError` where no calibration fits: draft mode, sentence-level pruning, an
+            estimator or rank weight without a shipped map).
         max_new_tokens: length of the draft in draft mode.
         sentence_policy: also prune inside kept documents: sources become sentences, documents are
             kept by their summed sentence scores under ``policy``, then each kept document keeps the
@@ -166,9 +301,16 @@ class Pruner:
         max_new_tokens: int | None = None,
         sentence_policy: KeepPolicy | None = None,
         rank_weight: float | None = None,
+        input_order: InputOrder = "unknown",
+        threshold_scale: ThresholdScale = "keep",
     ) -> None:
         if mode not in MODES:
             raise InputError(f"mode must be one of {', '.join(map(repr, MODES))}, got {brief(mode)}")
+        if input_order not in INPUT_ORDERS:
+            raise InputError(
+                f"input_order must be 'unknown' or 'retriever' (the documents come best first), got {brief(input_order)}")
+        if threshold_scale not in THRESHOLD_SCALES:
+            raise InputError(f"threshold_scale must be 'keep' or 'relevance', got {brief(threshold_scale)}")
         if rank_weight is not None:
             rank_weight = check_rank_weight(rank_weight, "rank_weight (or None: the estimator's)")
         for name, value in (("policy", policy), ("sentence_policy", sentence_policy)):
@@ -193,6 +335,10 @@ class Pruner:
         self.rank_weight = rank_weight
         self.max_new_tokens = max_new_tokens
         self.sentence_policy = sentence_policy
+        self.input_order = input_order
+        self.threshold_scale = threshold_scale
+        if threshold_scale == "relevance" and self.policy.threshold is not None and not self._calibratable():
+            raise InputError(self._uncalibrated_threshold())
 
     @property
     def granularity(self) -> Granularity:
@@ -212,32 +358,61 @@ class Pruner:
     def prune(self, question: str, documents: Sequence[DocumentLike]) -> PruneResult:
         """Score ``documents`` for ``question`` and apply the keep policy."""
         docs = as_documents(documents)  # raises InputError on none / empty / non-string documents
+        ranks, source = known_ranks(docs, self.input_order)
+        weight = self._rank_weight() if ranks is not None else 0.0
+        if weight == 0:
+            ranks, source = None, "none"
+        calibration = self._relevance_map(weight)
+        by_relevance = self.threshold_scale == "relevance" and self.policy.threshold is not None
+        if by_relevance and calibration is None:
+            raise InputError(self._uncalibrated_threshold())
         att = self.attribute(question, docs)
-        n_scored = len(att.prompt.documents)
+        n_scored = len(att.prompt.documents)  # the first n_scored documents (the rest dropped for the window)
         doc_scores = att.document_scores().tolist()
         lengths = [0] * n_scored
         for s in att.sources:
             lengths[s.document] += s.token_end - s.token_start
-        ranks = retriever_ranks(att.prompt.documents)
-        keep_scores = fused_scores(doc_scores, self._rank_weight(), ranks)
-        kept = self.policy.select(keep_scores, lengths)
+        scored_ranks = None if ranks is None else ranks[:n_scored]
+        keep_scores = fused_scores(doc_scores, weight, scored_ranks)
+        relevance = None if calibration is None else calibration.probabilities(doc_scores, scored_ranks)
+        kept = self.policy.select(keep_scores, lengths, threshold_scores=relevance if by_relevance else None)
         # Documents dropped to fit the window were never seen: score them -inf, keep none of them.
         dropped = list(att.dropped_documents)
         scores = doc_scores + [float("-inf")] * len(dropped)
         lengths = lengths + [len(encode(self.attributor.tokenizer, docs[i].text)) for i in dropped]
         keep_scores = keep_scores + [float("-inf")] * len(dropped)
-        result = PruneResult(docs, scores, kept, lengths, att, self.mode, keep_scores, dropped)
+        relevance = None if relevance is None else relevance + [0.0] * len(dropped)
+        result = PruneResult(docs, scores, kept, lengths, att, self.mode, keep_scores, dropped,
+                             rank_source=source, relevance=relevance)
         if self.sentence_policy is not None:
             result.sentence_spans, result.sentence_tokens = _kept_sentences(att, kept, self.sentence_policy)
         return result
 
     def _rank_weight(self) -> float:
-        """The retriever-rank weight in use (see the ``rank_weight`` argument)."""
+        """The retriever-rank weight in use when a rank is known (see the ``rank_weight`` argument)."""
         if self.rank_weight is not None:
             return self.rank_weight
         if self.mode != "support":
             return 0.0
         return self.attributor.query_estimator(self.query_estimator).rank_weight
+
+    def _calibratable(self) -> bool:
+        """Whether a relevance map can apply at all: whole documents scored from the question rows."""
+        return self.mode != "draft" and self.sentence_policy is None
+
+    def _relevance_map(self, rank_weight: float) -> RelevanceMap | None:
+        """The shipped relevance map for this pruner's estimator and the rank weight in use, if any."""
+        if not self._calibratable():
+            return None
+        return relevance_map(self.attributor.query_estimator(self.query_estimator), rank_weight)
+
+    def _uncalibrated_threshold(self) -> str:
+        return (
+            f"threshold={self.policy.threshold} is a calibrated relevance (0-1), which exists only for whole "
+            "documents scored in support or query mode with a shipped estimator and its fitted rank weight "
+            f"(here: mode={self.mode!r}, sentence-level={self.sentence_policy is not None}); use top_k, "
+            "token_budget or relative instead"
+        )
 
     async def aprune(self, question: str, documents: Sequence[DocumentLike]) -> PruneResult:
         """:meth:`prune` in a worker thread, so the event loop keeps running meanwhile."""

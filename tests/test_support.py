@@ -173,16 +173,18 @@ def test_refit_on_committed_support_data_reproduces_the_shipped_estimator():
 
 
 def test_pruner_defaults_to_support_mode_with_rank_fusion(attributor):
-    pruner = Pruner(attributor)
+    pruner = Pruner(attributor, input_order="retriever")
     assert pruner.mode == "support" and pruner.policy == DEFAULT_POLICY
     result = pruner.prune("What is the highest mountain on Earth?", [d["text"] for d in DOCS])
     weight = Estimator.load("default-support").recipe["fusion"]["rank_weight"]
     assert result.keep_scores == pytest.approx(fused_scores(result.scores, weight))
-    assert result.kept == DEFAULT_POLICY.select(result.keep_scores)
+    assert result.kept == DEFAULT_POLICY.select(result.keep_scores) and result.rank_source == "input order"
     assert result.draft == ""
-    alone = Pruner(attributor, rank_weight=0).prune("What is the highest mountain on Earth?",
-                                                    [d["text"] for d in DOCS])
-    assert alone.keep_scores == alone.scores == result.scores
+    alone = Pruner(attributor, rank_weight=0, input_order="retriever").prune(
+        "What is the highest mountain on Earth?", [d["text"] for d in DOCS])
+    assert alone.keep_scores == alone.scores == result.scores and alone.rank_source == "none"
+    unknown = Pruner(attributor).prune("What is the highest mountain on Earth?", [d["text"] for d in DOCS])
+    assert unknown.keep_scores == unknown.scores == result.scores and unknown.rank_source == "none"
     assert alone.kept == [1]  # the support estimator alone finds the Everest passage
     with pytest.raises(ValueError, match="rank_weight"):
         Pruner(attributor, rank_weight=-1.0)
@@ -237,7 +239,9 @@ def test_retrieval_rank_metadata_replaces_the_input_order(attributor):
     backward = Pruner(attributor, rank_weight=50.0).prune(q, ranked[::-1])
     # A dominant rank weight keeps the retriever's best document in either order.
     assert forward.documents[forward.kept[0]].text == backward.documents[backward.kept[0]].text == texts[0]
-    assert Pruner(attributor, rank_weight=50.0).prune(q, texts[::-1]).kept == [0]  # no metadata: the order
+    # No metadata: the order counts only when declared the retriever's.
+    assert Pruner(attributor, rank_weight=50.0, input_order="retriever").prune(q, texts[::-1]).kept == [0]
+    assert Pruner(attributor, rank_weight=50.0).prune(q, texts[::-1]).rank_source == "none"
 
 
 def _support_records(n: int, seed: int = 0):

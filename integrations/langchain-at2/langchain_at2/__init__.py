@@ -3,7 +3,7 @@
 from .chat_model import AT2ChatModel
 from .cited_answer import AT2CitedAnswer, default_answer_prompt
 from .compressor import AT2DocumentCompressor
-from .documents import KEEP_SCORE_KEY, RELEVANCE_KEY, SCORE_KEY, SPANS_KEY, format_documents
+from .documents import KEEP_SCORE_KEY, RANK_SOURCE_KEY, RELEVANCE_KEY, SCORE_KEY, SPANS_KEY, format_documents
 from .embeddings import AT2BundledEmbeddings
 from .local_model import LocalModelFields
 from .retriever import AT2PruningRetriever
@@ -18,6 +18,7 @@ __all__ = [
     "AT2PruningRetriever",
     "KEEP_SCORE_KEY",
     "LocalModelFields",
+    "RANK_SOURCE_KEY",
     "RELEVANCE_KEY",
     "SCORE_KEY",
     "SPANS_KEY",

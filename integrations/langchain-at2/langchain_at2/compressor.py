@@ -16,7 +16,18 @@ from typing_extensions import override
 
 from at2_rag import SENTENCE_POLICY, AT2Attributor, KeepPolicy, Pruner, PruneResult, keep_policy
 
-from .documents import SPANS_KEY, Count, check_question, non_empty, plain_copy, relevance_scores, scored_copy, to_at2
+from .documents import (
+    RANK_SOURCE_KEY,
+    RETRIEVAL_SCORE_KEYS,
+    SPANS_KEY,
+    Count,
+    check_question,
+    non_empty,
+    plain_copy,
+    score_ranks,
+    scored_copy,
+    to_at2,
+)
 from .local_model import LocalModelFields
 
 PRUNE_RUN_NAME = "at2_prune"
@@ -43,10 +54,16 @@ class AT2DocumentCompressor(LocalModelFields, BaseDocumentCompressor):
     Keep policy: ``policy`` (a whole ``at2_rag.KeepPolicy``), or the shorthands ``top_n`` (alias
     ``top_k``), ``threshold``, ``relative``, ``token_budget`` and ``min_keep`` applied to the default
     (keep the single best document); both are turned into the policy by ``at2_rag.keep_policy``, so
-    bad values fail at construction. Returns new documents, best first, with
-    ``metadata["attribution_score"]`` (raw AT2 score), ``["keep_score"]`` (the raw score they were
-    ranked by) and ``["relevance_score"]`` (the keep score mapped to 0-1 within the call); all other
-    metadata is kept and the inputs are not changed. The scoring runs in a child run named
+    bad values fail at construction; ``threshold`` is a 0-1 chance, compared with ``relevance_score``.
+    Returns new documents, best first, with ``metadata["attribution_score"]`` (raw AT2 score),
+    ``["keep_score"]`` (the raw score they were ranked by), ``["relevance_score"]`` (the calibrated 0-1
+    chance that the document is the one that answers) and ``["rank_source"]`` (where the retriever
+    rank came from); all other metadata is kept and the inputs are not changed.
+
+    The retriever's rank joins the keep score only when it is known: every document's
+    ``retrieval_rank`` metadata, else distinct scores under ``retrieval_score_keys`` (e.g. a
+    reranker's ``relevance_score``), else the input order when ``input_order="retriever"``. Otherwise
+    the documents are scored by AT2 alone, so any order (sorted by date, merged lists) is safe. The scoring runs in a child run named
     ``"at2_prune"``. Documents with empty ``page_content`` are skipped with a ``UserWarning``; an
     empty list gives ``[]`` without loading the model; an empty query raises
     ``at2_rag.InputError``; a context beyond the model's window raises
@@ -65,8 +82,8 @@ class AT2DocumentCompressor(LocalModelFields, BaseDocumentCompressor):
 
     mode: Literal["support", "draft", "query"] = "support"
     """``"support"``: one prefill pass over the question, scored by the estimator of which documents
-    make the model answer correctly, fused with the retriever's rank (best on answers; see
-    ``at2_rag.pruning``). ``"draft"``: the local model drafts an answer and its attention while
+    make the model answer correctly, fused with the retriever's rank when one is known (best on
+    answers; see ``at2_rag.pruning``). ``"draft"``: the local model drafts an answer and its attention while
     drafting is scored (faithful to what the draft used). ``"query"``: one prefill pass scored by the
     estimator of the model's own answers."""
     policy: KeepPolicy | None = None
@@ -76,7 +93,7 @@ class AT2DocumentCompressor(LocalModelFields, BaseDocumentCompressor):
     top_k: Count | None = None
     """Alias of ``top_n`` (the keep policy's name for it)."""
     threshold: StrictFloat | None = None
-    """Keep only documents scoring at least this (keep-score units)."""
+    """Keep only documents whose ``relevance_score`` (calibrated 0-1 chance) is at least this."""
     relative: StrictFloat | None = None
     """Keep only documents scoring at least this fraction (0-1) of the best score."""
     token_budget: Count | None = None
@@ -93,16 +110,29 @@ class AT2DocumentCompressor(LocalModelFields, BaseDocumentCompressor):
     """Estimator for the support and query modes: ``"default"`` (the mode's shipped one), a path, or
     None (uniform)."""
     rank_weight: StrictFloat | None = Field(default=None, ge=0, le=1e6, allow_inf_nan=False)  # the core's rule
-    """Weight of the retriever's rank (the documents' order, best first) in the keep score; None: the
-    mode's default (fitted with the support estimator; 0 in the other modes). Set 0 when the order
-    of the documents says nothing about relevance."""
+    """Weight of the retriever's rank in the keep score, when a rank is known; None: the mode's default
+    (fitted with the support estimator; 0 in the other modes)."""
+    input_order: Literal["unknown", "retriever"] = "unknown"
+    """``"retriever"``: the documents come in the retriever's order, best first, so their positions
+    are ranks when no metadata gives one. The default ``"unknown"`` trusts no order: LangChain
+    retrievers do not promise one (``MultiQueryRetriever`` returns a union, ``EnsembleRetriever`` a
+    fusion), so neither ``ContextualCompressionRetriever`` nor ``AT2PruningRetriever`` assumes it."""
+    retrieval_score_keys: tuple[str, ...] = RETRIEVAL_SCORE_KEYS
+    """Metadata keys read, in order, as retriever scores (higher is better) to rank the documents when
+    they carry no ``retrieval_rank``; the scores must be finite and distinct."""
 
     _warned_unprunable: bool = PrivateAttr(default=False)
+    _warned_uncalibrated: bool = PrivateAttr(default=False)
 
     @model_validator(mode="after")
     def _check_policies(self) -> Self:
         self.resolved_policy()  # at2_rag.keep_policy validates the values and their combination
         self.resolved_sentence_policy()
+        if self.resolved_policy().threshold is not None and (
+                self.mode == "draft" or self.resolved_sentence_policy() is not None):
+            raise ValueError(
+                "threshold is a calibrated 0-1 relevance, which draft mode and sentence-level pruning do not "
+                "have; use top_n, token_budget or relative")
         return self
 
     def resolved_policy(self, top_n: int | None = None) -> KeepPolicy:
@@ -180,9 +210,14 @@ class AT2DocumentCompressor(LocalModelFields, BaseDocumentCompressor):
 
     def _prune(self, inputs: dict[str, Any], *, indices: list[int], policy: KeepPolicy) -> list[Document]:
         documents, query = inputs["documents"], inputs["query"]
-        docs = [to_at2(documents[i], self.title_key) for i in indices]
+        scored = [documents[i] for i in indices]
+        ranks, score_key = score_ranks(scored, self.retrieval_score_keys)
+        docs = [to_at2(d, self.title_key, None if ranks is None else ranks[j]) for j, d in enumerate(scored)]
         result = self._pruner(self.get_attributor(), policy).prune(query, docs)
-        return self._build(documents, indices, result)
+        source = {"metadata": score_key or "retrieval_rank"}.get(result.rank_source, result.rank_source)
+        if not result.relevance_calibrated:
+            self._warn_uncalibrated()
+        return self._build(documents, indices, result, source)
 
     def _nothing_to_prune(self, policy: KeepPolicy, n: int) -> bool:
         """Whether the policy keeps every one of ``n`` documents whatever their scores."""
@@ -203,6 +238,18 @@ class AT2DocumentCompressor(LocalModelFields, BaseDocumentCompressor):
             stacklevel=5,
         )
 
+    def _warn_uncalibrated(self) -> None:
+        if self._warned_uncalibrated:
+            return
+        self._warned_uncalibrated = True
+        warnings.warn(
+            f"{type(self).__name__}(mode={self.mode!r}): relevance_score is not calibrated with these settings "
+            "(calibrated: whole documents in support or query mode, with the shipped estimator and rank "
+            "weight), so it is the keep score min-max scaled within each call. (Shown once per compressor.)",
+            UserWarning,
+            stacklevel=6,
+        )
+
     def _pruner(self, att: AT2Attributor, policy: KeepPolicy) -> Pruner:
         return Pruner(
             att,
@@ -212,19 +259,22 @@ class AT2DocumentCompressor(LocalModelFields, BaseDocumentCompressor):
             max_new_tokens=self.max_new_tokens,
             sentence_policy=self.resolved_sentence_policy(),
             rank_weight=self.rank_weight,
+            input_order=self.input_order,
+            threshold_scale="relevance",
         )
 
     @staticmethod
-    def _build(documents: Sequence[Document], indices: list[int], result: PruneResult) -> list[Document]:
+    def _build(documents: Sequence[Document], indices: list[int], result: PruneResult, source: str) -> list[Document]:
         keep_scores = result.keep_scores
-        relevance = relevance_scores(keep_scores)
+        relevance = result.relevance_scores
         out = []
         for i in result.kept:
             doc = documents[indices[i]]
-            scores = (float(result.scores[i]), float(keep_scores[i]), relevance[i])
+            scores = (float(result.scores[i]), float(keep_scores[i]), float(relevance[i]))
+            extra: dict[str, Any] = {RANK_SOURCE_KEY: source}
             if result.sentence_spans is None:
-                out.append(scored_copy(doc, *scores))
+                out.append(scored_copy(doc, *scores, **extra))
                 continue
-            spans = [list(span) for span in result.sentence_spans[i]]
-            out.append(scored_copy(doc, *scores, result.kept_text(i), **{SPANS_KEY: spans}))
+            extra[SPANS_KEY] = [list(span) for span in result.sentence_spans[i]]
+            out.append(scored_copy(doc, *scores, result.kept_text(i), **extra))
         return out

@@ -18,12 +18,22 @@ SCORE_KEY = "attribution_score"
 """Metadata key of the raw AT2 score of a returned document (the estimator's units)."""
 KEEP_SCORE_KEY = "keep_score"
 """Metadata key of the raw score the documents were ranked by: the AT2 score fused with the
-retriever's rank in support mode (standardized units), the AT2 score itself otherwise."""
+retriever's rank when a rank is known (standardized units), the AT2 score itself otherwise."""
 RELEVANCE_KEY = "relevance_score"
-"""Metadata key of the keep score mapped to 0-1 within the call (min-max over the scored documents:
-the best scores 1, the worst 0), under the key LangChain rerankers use, so downstream code finds it."""
+"""Metadata key, the one LangChain rerankers use, of the calibrated 0-1 chance that the document is
+the one that answers (``at2_rag.PruneResult.relevance``; the compressor's ``threshold`` compares it).
+Where no calibration fits (draft mode, sentence-level pruning, an own estimator or rank weight) it is
+the keep score min-max scaled within the call, with a warning once per compressor."""
+RANK_SOURCE_KEY = "rank_source"
+"""Metadata key of where the keep score's retriever rank came from: ``"retrieval_rank"`` (metadata),
+the score key it was read from (e.g. ``"relevance_score"``), ``"input order"``, or ``"none"`` (no rank
+known, or rank weight 0: AT2 alone)."""
 SPANS_KEY = "attribution_spans"
 """Character spans, in the original text, of the sentences kept by sentence-level pruning."""
+RETRIEVAL_SCORE_KEYS = ("relevance_score", "similarity_score")
+"""Metadata keys read as retriever scores (higher is better), in this order, when the documents carry
+no ``retrieval_rank``: rerankers write ``relevance_score``, and LangChain's guide to adding scores to
+retriever results ``similarity_score``. Not ``score``: stores return distances under that name too."""
 
 
 
@@ -59,22 +69,45 @@ def non_empty(documents: Sequence[Document], owner: str) -> list[int]:
     return keep
 
 
-def to_at2(doc: Document, title_key: str | None = "title") -> at2_rag.Document:
-    """The at2-rag view of a LangChain document: text, optional title from metadata, and id."""
+def to_at2(doc: Document, title_key: str | None = "title", rank: int | None = None) -> at2_rag.Document:
+    """The at2-rag view of a LangChain document: text, optional title from metadata, id and metadata
+    (a copy; ``rank``, when given, as its ``retrieval_rank``)."""
     title = doc.metadata.get(title_key) if title_key else None
     title = title if isinstance(title, str) and title.strip() else None
-    return at2_rag.Document(text=doc.page_content, title=title, id=doc.id)
+    metadata = dict(doc.metadata) if rank is None else {**doc.metadata, at2_rag.RETRIEVAL_RANK_KEY: rank}
+    return at2_rag.Document(text=doc.page_content, title=title, id=doc.id, metadata=metadata)
 
 
-def relevance_scores(keep_scores: Sequence[float]) -> list[float]:
-    """Keep scores mapped to 0-1 by min-max over the finite ones (all equal: 1; not finite: 0); order is kept."""
-    finite = [s for s in keep_scores if math.isfinite(s)]
-    if not finite:
-        return [0.0] * len(keep_scores)
-    low, high = min(finite), max(finite)
-    return [
-        (0.0 if not math.isfinite(s) else 1.0 if high == low else (s - low) / (high - low)) for s in keep_scores
-    ]
+def score_ranks(documents: Sequence[Document], keys: Sequence[str]) -> tuple[list[int] | None, str | None]:
+    """Retriever ranks (0 = best) from the first of ``keys`` whose value is a finite number in every
+    document, all of them distinct (ties or gaps say nothing certain about order), and that key; else
+    ``(None, None)``. Not used when every document carries ``retrieval_rank`` (the core reads that)."""
+    if all(_is_rank(d.metadata.get(at2_rag.RETRIEVAL_RANK_KEY)) for d in documents):
+        return None, None
+    for key in keys:
+        scores = [_finite(d.metadata.get(key)) for d in documents]
+        if all(s is not None for s in scores) and len(set(scores)) == len(scores):
+            order = sorted(range(len(scores)), key=lambda i: -scores[i])  # type: ignore[operator]
+            ranks = [0] * len(scores)
+            for rank, i in enumerate(order):
+                ranks[i] = rank
+            return ranks, key
+    return None, None
+
+
+def _finite(value: object) -> float | None:
+    """``value`` as a float when it is a finite real number (not a bool), else None."""
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+        try:
+            number = float(value)
+        except OverflowError:
+            return None
+        return number if math.isfinite(number) else None
+    return None
+
+
+def _is_rank(value: object) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and int(value) >= 0
 
 
 def scored_copy(

@@ -13,6 +13,16 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 from lc_support import make_docs  # noqa: E402
 
 
+@pytest.fixture(autouse=True)
+def _fresh_model_cache(monkeypatch):
+    """Every test starts with an empty process-wide model cache, so loads are counted per test."""
+    import weakref
+
+    import at2_rag.lazy
+
+    monkeypatch.setattr(at2_rag.lazy, "_SHARED", weakref.WeakValueDictionary())
+
+
 @pytest.fixture
 def docs():
     return make_docs()

@@ -172,22 +172,25 @@ def test_invalid_settings_fail_at_construction_with_a_clear_message(kwargs, mess
         AT2DocumentCompressor(**kwargs)
 
 
-def test_relevance_score_is_the_keep_score_mapped_to_0_1_in_order(attributor, docs):
-    # Support mode fuses the AT2 score with the retriever rank: keep_score differs from attribution_score.
-    out = AT2DocumentCompressor(attributor=attributor, top_n=4).compress_documents(docs, QUESTION)
-    core = Pruner(attributor, policy=KeepPolicy(relative=0.0)).prune(QUESTION, TEXTS)
-    assert len(out) == 4
+def test_relevance_score_is_the_calibrated_chance_in_keep_order(attributor, docs):
+    # Ranks in metadata: support mode fuses the AT2 score with them, so keep_score differs from attribution_score.
+    ranked = [Document(page_content=d.page_content, metadata={**d.metadata, "retrieval_rank": i}, id=d.id)
+              for i, d in enumerate(docs)]
+    out = AT2DocumentCompressor(attributor=attributor, top_n=4).compress_documents(ranked, QUESTION)
+    core = Pruner(attributor, policy=KeepPolicy(relative=0.0)).prune(
+        QUESTION, [{"text": t, "metadata": {"retrieval_rank": i}} for i, t in enumerate(TEXTS)])
+    assert len(out) == 4 and core.relevance is not None
     for doc in out:
         i = int(doc.id.split("-")[1])
         assert doc.metadata["attribution_score"] == pytest.approx(core.scores[i], abs=1e-7)
         assert doc.metadata["keep_score"] == pytest.approx(core.keep_scores[i], abs=1e-6)
+        assert doc.metadata["relevance_score"] == pytest.approx(core.relevance[i], abs=1e-6)
+        assert doc.metadata["rank_source"] == "retrieval_rank"
     keep = [d.metadata["keep_score"] for d in out]
     relevance = [d.metadata["relevance_score"] for d in out]
     assert keep != [d.metadata["attribution_score"] for d in out]
-    assert all(0.0 <= r <= 1.0 for r in relevance) and relevance[0] == 1.0 and relevance[-1] == 0.0
+    assert all(0.0 < r < 1.0 for r in relevance) and sum(relevance) == pytest.approx(1.0)  # shares of one list
     assert keep == sorted(keep, reverse=True) and relevance == sorted(relevance, reverse=True)
-    low, high = min(core.keep_scores), max(core.keep_scores)
-    assert relevance == pytest.approx([(k - low) / (high - low) for k in keep])
     (single,) = AT2DocumentCompressor(attributor=attributor, mode="query").compress_documents(docs[:1], QUESTION)
     assert single.metadata["relevance_score"] == 1.0
 
@@ -349,15 +352,19 @@ def test_title_metadata_reaches_the_prompt(attributor):
 
 
 def test_default_is_support_mode_fused_with_the_retriever_rank(attributor, docs):
-    compressor = AT2DocumentCompressor(attributor=attributor)
+    compressor = AT2DocumentCompressor(attributor=attributor, input_order="retriever")
     assert compressor.mode == "support" and compressor.resolved_policy() == at2_rag.DEFAULT_POLICY
     out = compressor.compress_documents(docs, QUESTION)
-    core = Pruner(attributor).prune(QUESTION, TEXTS)
+    core = Pruner(attributor, input_order="retriever").prune(QUESTION, TEXTS)
     assert [d.id for d in out] == [f"id-{i}" for i in core.kept] == [f"id-{GOLD}"]
     doc = out[0]
     assert doc.metadata["attribution_score"] == pytest.approx(core.scores[GOLD], abs=1e-7)
     assert doc.metadata["keep_score"] == pytest.approx(core.keep_scores[GOLD], abs=1e-7)
-    assert doc.metadata["relevance_score"] == 1.0  # the best of the call
-    # Without the rank term the keep score is the attribution score.
-    alone = AT2DocumentCompressor(attributor=attributor, rank_weight=0, top_n=2).compress_documents(docs, QUESTION)
-    assert all(d.metadata["keep_score"] == d.metadata["attribution_score"] for d in alone)
+    assert doc.metadata["relevance_score"] == pytest.approx(core.relevance[GOLD], abs=1e-6)
+    assert doc.metadata["rank_source"] == "input order"
+    # Without the rank term (weight 0, or no rank known) the keep score is the attribution score.
+    alone = AT2DocumentCompressor(attributor=attributor, rank_weight=0, top_n=2, input_order="retriever")
+    unknown = AT2DocumentCompressor(attributor=attributor, top_n=2)
+    for kept in (alone.compress_documents(docs, QUESTION), unknown.compress_documents(docs, QUESTION)):
+        assert all(d.metadata["keep_score"] == d.metadata["attribution_score"] for d in kept)
+        assert all(d.metadata["rank_source"] == "none" for d in kept)

@@ -36,6 +36,16 @@ from li_support import QUESTION, make_nodes  # noqa: E402
 from llama_index.core.schema import NodeWithScore, QueryBundle  # noqa: E402
 
 
+@pytest.fixture(autouse=True)
+def _fresh_model_cache(monkeypatch):
+    """Every test starts with an empty process-wide model cache, so loads are counted per test."""
+    import weakref
+
+    import at2_rag.lazy
+
+    monkeypatch.setattr(at2_rag.lazy, "_SHARED", weakref.WeakValueDictionary())
+
+
 @pytest.fixture
 def nodes() -> List[NodeWithScore]:
     return make_nodes()

@@ -22,7 +22,7 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 CONTRACT = (
     "policy", "sentence_policy", "sentence_level", "top_n", "top_k", "threshold", "relative", "token_budget",
     "min_keep", "mode", "query_estimator", "rank_weight", "max_new_tokens", "model", "estimator", "device",
-    "dtype", "overflow", "metadata_mode",
+    "dtype", "overflow", "metadata_mode", "input_order",
 )
 """The argument names both adapters share (the LangChain compressor uses the same ones)."""
 NOTHING_TO_PRUNE = "nothing can be pruned"

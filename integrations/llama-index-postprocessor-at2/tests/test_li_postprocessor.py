@@ -35,8 +35,8 @@ def test_scores_equal_the_core_pruner_and_keep_the_gold_node(attributor, nodes, 
     assert out[0].node_id == GOLD
     for n in out:
         i = next(k for k, m in enumerate(nodes) if m.node_id == n.node_id)
-        assert n.score == pytest.approx(core.scores[i], rel=1e-6, abs=1e-9)
-        assert n.node.metadata[ATTRIBUTION_SCORE_KEY] == n.score
+        assert n.node.metadata[ATTRIBUTION_SCORE_KEY] == pytest.approx(core.scores[i], rel=1e-6, abs=1e-9)
+        assert n.score == pytest.approx(core.relevance_scores[i], abs=1e-6)  # 0-1 (min-max in draft mode)
         assert n.node.metadata[RETRIEVAL_SCORE_KEY] == nodes[i].score  # the retriever's score survives
         assert n.node.get_content() == nodes[i].node.get_content()
     assert out[0].score >= out[1].score
@@ -234,7 +234,8 @@ def test_sentence_level_keeps_the_core_pruners_sentences(attributor, nodes, quer
         assert n.node.get_content() == core.kept_text(i)
         # The kept pieces are the original text at the recorded spans, in reading order.
         assert n.node.get_content() == "".join(snapshot[i][s:e] for s, e in spans).strip()
-        assert spans == sorted(spans) and n.score == pytest.approx(core.scores[i], rel=1e-6, abs=1e-9)
+        assert spans == sorted(spans)
+        assert n.node.metadata[ATTRIBUTION_SCORE_KEY] == pytest.approx(core.scores[i], rel=1e-6, abs=1e-9)
         assert SPANS_KEY not in n.node.get_content(metadata_mode=MetadataMode.LLM)
         assert n.node.start_char_idx is None and n.node.end_char_idx is None
     with pytest.raises(ValueError, match="metadata_mode"):
@@ -245,17 +246,21 @@ def test_sentence_level_keeps_the_core_pruners_sentences(attributor, nodes, quer
         later.postprocess_nodes(nodes, query)
 
 
-def test_default_is_support_mode_and_node_score_is_the_keep_score(attributor, nodes, query):
+def test_default_is_support_mode_and_node_score_is_the_calibrated_relevance(attributor, nodes, query):
     pp = AT2Postprocessor(attributor=attributor)
     assert pp.mode == "support" and pp.top_n is None and pp.resolved_policy() == DEFAULT_POLICY
     out = pp.postprocess_nodes(nodes, query)
-    core = Pruner(attributor).prune(QUESTION, texts(nodes))
+    # The nodes' retriever scores fall in their order, so their ranks are their positions.
+    core = Pruner(attributor, input_order="retriever").prune(QUESTION, texts(nodes))
     assert [n.node_id for n in out] == [nodes[i].node_id for i in core.kept] == [GOLD]
     i = core.kept[0]
-    assert out[0].score == pytest.approx(core.keep_scores[i], abs=1e-7)
+    assert out[0].score == pytest.approx(core.relevance[i], abs=1e-6) and 0.5 < out[0].score < 1.0
+    assert out[0].node.metadata["keep_score"] == pytest.approx(core.keep_scores[i], abs=1e-7)
     assert out[0].node.metadata["attribution_score"] == pytest.approx(core.scores[i], abs=1e-7)
+    assert out[0].node.metadata["rank_source"] == "retrieval_score"
     alone = AT2Postprocessor(attributor=attributor, rank_weight=0.0, top_n=2).postprocess_nodes(nodes, query)
-    assert all(n.score == n.node.metadata["attribution_score"] for n in alone)
+    assert all(n.node.metadata["keep_score"] == n.node.metadata["attribution_score"] for n in alone)
+    assert all(n.node.metadata["rank_source"] == "none" for n in alone)
 
 
 def test_retriever_scores_give_the_ranks_whatever_the_node_order():

@@ -6,7 +6,9 @@ from llama_index.postprocessor.at2.embedding import AT2BundledEmbedding
 from llama_index.postprocessor.at2.llm import AT2LLM
 from llama_index.postprocessor.at2.nodes import (
     ATTRIBUTION_SCORE_KEY,
+    KEEP_SCORE_KEY,
     METADATA_KEYS,
+    RANK_SOURCE_KEY,
     RETRIEVAL_SCORE_KEY,
     SPANS_KEY,
 )
@@ -20,8 +22,10 @@ __all__ = [
     "AT2CitationQueryEngine",
     "AT2LLM",
     "AT2Postprocessor",
+    "KEEP_SCORE_KEY",
     "LazyAttributor",
     "METADATA_KEYS",
+    "RANK_SOURCE_KEY",
     "RETRIEVAL_SCORE_KEY",
     "SPANS_KEY",
 ]

@@ -15,10 +15,17 @@ from at2_rag import RETRIEVAL_RANK_KEY, Document, InputError
 RETRIEVAL_SCORE_KEY = "retrieval_score"
 """Metadata key holding the score a node had before AT2 scored it (the retriever's, usually)."""
 ATTRIBUTION_SCORE_KEY = "attribution_score"
-"""Metadata key holding the node's AT2 attribution score (also its ``NodeWithScore.score``)."""
+"""Metadata key holding the node's AT2 attribution score."""
+KEEP_SCORE_KEY = "keep_score"
+"""Metadata key holding the score the pruner ranked by: the attribution score fused with the retriever
+rank when one is known (standardized units), else the attribution score."""
+RANK_SOURCE_KEY = "rank_source"
+"""Metadata key of where the keep score's retriever rank came from: ``"retrieval_rank"`` (node
+metadata), ``"retrieval_score"`` (the nodes' distinct retriever scores), ``"input order"``, or
+``"none"`` (no rank known, or rank weight 0: AT2 alone)."""
 SPANS_KEY = "attribution_spans"
 """Metadata key, with sentence-level pruning, of the kept sentences' character spans in the original text."""
-METADATA_KEYS = (RETRIEVAL_SCORE_KEY, ATTRIBUTION_SCORE_KEY, SPANS_KEY)
+METADATA_KEYS = (RETRIEVAL_SCORE_KEY, ATTRIBUTION_SCORE_KEY, KEEP_SCORE_KEY, RANK_SOURCE_KEY, SPANS_KEY)
 """Every metadata key AT2 adds; all are excluded from LLM and embedding text."""
 
 
@@ -52,19 +59,42 @@ def nodes_with_text(nodes: Sequence[NodeWithScore], metadata_mode: MetadataMode)
 
 
 def to_documents(nodes: Sequence[NodeWithScore], metadata_mode: MetadataMode) -> List[Document]:
-    """One at2-rag document per node, identified by the node id; when every node has a retrieval
-    score, each carries its retriever rank (best score 0), so rank fusion does not depend on order.
-    A retrieval score that is neither None nor a finite number is an :class:`~at2_rag.InputError`."""
-    scores = [s for s in map(retrieval_score, nodes) if s is not None]
-    ranks: List[Optional[int]] = [None] * len(nodes)
-    if len(scores) == len(nodes):
-        for rank, i in enumerate(sorted(range(len(nodes)), key=lambda i: (-scores[i], i))):
-            ranks[i] = rank
+    """One at2-rag document per node, identified by the node id, with the node's metadata (a copy).
+    Unless every node carries ``retrieval_rank`` metadata, distinct retrieval scores on every node give
+    each its retriever rank (best score 0), so rank fusion does not depend on the nodes' order; with a
+    missing or a tied score no rank is set (ties say nothing certain about order). A retrieval score
+    that is neither None nor a finite number is an :class:`~at2_rag.InputError`."""
+    ranks = score_ranks(nodes)
     return [
         Document(text=node_text(n, metadata_mode), id=n.node.node_id,
-                 metadata={} if r is None else {RETRIEVAL_RANK_KEY: r})
-        for n, r in zip(nodes, ranks)
+                 metadata=dict(n.node.metadata) if r is None else {**n.node.metadata, RETRIEVAL_RANK_KEY: r})
+        for n, r in zip(nodes, ranks or [None] * len(nodes))
     ]
+
+
+def score_ranks(nodes: Sequence[NodeWithScore]) -> Optional[List[int]]:
+    """Retriever ranks from the nodes' retrieval scores when all are present and distinct, else None
+    (also when every node already carries ``retrieval_rank`` metadata, which the core reads itself)."""
+    scores = [retrieval_score(n) for n in nodes]  # checks every score, used or not
+    if all(_is_rank(n.node.metadata.get(RETRIEVAL_RANK_KEY)) for n in nodes):
+        return None
+    if any(s is None for s in scores) or len(set(scores)) < len(scores):
+        return None
+    ranks = [0] * len(nodes)
+    for rank, i in enumerate(sorted(range(len(nodes)), key=lambda i: -scores[i])):  # type: ignore[operator]
+        ranks[i] = rank
+    return ranks
+
+
+def rank_label(nodes: Sequence[NodeWithScore], core_source: str) -> str:
+    """The ``rank_source`` written on returned nodes: the core's, with ``"metadata"`` made precise."""
+    if core_source != "metadata":
+        return core_source
+    return "retrieval_score" if score_ranks(nodes) is not None else RETRIEVAL_RANK_KEY
+
+
+def _is_rank(value: object) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and int(value) >= 0
 
 
 def retrieval_score(node: NodeWithScore) -> Optional[float]:
@@ -101,11 +131,14 @@ def annotate(
     text: Optional[str] = None,
     spans: Optional[Sequence[Tuple[int, int]]] = None,
     rank_score: Optional[float] = None,
+    keep_score: Optional[float] = None,
+    rank_source: Optional[str] = None,
 ) -> NodeWithScore:
     """A copy of ``node`` carrying its attribution score; the caller's node is left untouched.
 
-    ``NodeWithScore.score`` is ``rank_score`` when given (the keep score the pruner ranked by: the
-    attribution fused with the retriever's rank), else the attribution score.
+    ``NodeWithScore.score`` is ``rank_score`` when given (the pruner's calibrated relevance, or the
+    score the node arrived with), else the attribution score. ``keep_score`` and ``rank_source``, when
+    given, go to the metadata too.
 
     The first score a node arrived with is kept under :data:`RETRIEVAL_SCORE_KEY` (scoring twice
     keeps the retriever's score, not the first attribution), and the added keys are excluded from
@@ -117,6 +150,10 @@ def annotate(
     metadata = dict(inner.metadata)
     metadata.setdefault(RETRIEVAL_SCORE_KEY, node.score)
     metadata[ATTRIBUTION_SCORE_KEY] = score
+    if keep_score is not None:
+        metadata[KEEP_SCORE_KEY] = keep_score
+    if rank_source is not None:
+        metadata[RANK_SOURCE_KEY] = rank_source
     if spans is not None:
         metadata[SPANS_KEY] = [list(span) for span in spans]
     copy = inner.model_copy(

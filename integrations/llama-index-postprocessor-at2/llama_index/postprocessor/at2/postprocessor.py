@@ -26,7 +26,7 @@ from at2_rag import (
 )
 
 from .arguments import check_arguments
-from .nodes import Count, annotate, nodes_with_text, to_documents
+from .nodes import Count, annotate, nodes_with_text, rank_label, to_documents
 
 dispatcher = instrument.get_dispatcher(__name__)
 
@@ -40,10 +40,20 @@ class AT2Postprocessor(BaseNodePostprocessor):
     values fail at construction. ``sentence_policy`` (or ``sentence_level=True``) also drops the
     unused sentences inside kept nodes. Unknown arguments raise ``TypeError``.
 
-    Returned nodes are annotated copies: ``score`` is the keep score, the metadata holds
-    ``retrieval_score`` (the score the node arrived with) and ``attribution_score`` (and, with
-    sentence-level pruning, ``attribution_spans``), and every added key is excluded from LLM and
-    embedding text. The caller's nodes are never modified. Each call emits LlamaIndex's
+    Returned nodes are annotated copies: ``score`` is the calibrated 0-1 chance that the node is the one
+    that answers (``at2_rag.PruneResult.relevance``), so ``SimilarityPostprocessor`` and other cutoffs
+    after this one work as on any reranker's scores, and ``threshold`` compares it. The metadata holds
+    ``retrieval_score`` (the score the node arrived with), ``attribution_score`` (raw AT2),
+    ``keep_score`` (what the nodes were ranked by), ``rank_source`` (where the retriever rank came
+    from) and, with sentence-level pruning, ``attribution_spans``; every added key is excluded from
+    LLM and embedding text. Where no calibration fits (draft mode, sentence-level pruning, an own
+    estimator or rank weight) ``score`` is the keep score min-max scaled within the call, with a warning
+    once per postprocessor.
+
+    The retriever's rank joins the keep score only when it is known: ``retrieval_rank`` metadata on
+    every node, else the nodes' retriever scores when all are present and distinct (LlamaIndex
+    retrievers score every node, so this is the usual case, in any node order), else the input order
+    when ``input_order="retriever"``. Otherwise the nodes are scored by AT2 alone. The caller's nodes are never modified. Each call emits LlamaIndex's
     ``ReRankStartEvent``/``ReRankEndEvent`` (in a span) and a ``RERANKING`` callback event.
 
     Pass ``attributor=`` to share a loaded :class:`~at2_rag.AT2Attributor`; otherwise one is
@@ -56,7 +66,7 @@ class AT2Postprocessor(BaseNodePostprocessor):
     mode: Literal["support", "draft", "query"] = Field(
         default="support",
         description="'support': one prefill pass scored by the estimator of which nodes make the model "
-        "answer correctly, fused with the retriever's rank (best for answers); 'draft': the local model "
+        "answer correctly, fused with the retriever's rank when known (best for answers); 'draft': the local model "
         "drafts an answer and its attention while drafting is scored (faithful to what the draft used); "
         "'query': one prefill pass scored by the estimator of the model's own answers.",
     )
@@ -66,7 +76,7 @@ class AT2Postprocessor(BaseNodePostprocessor):
     top_n: Optional[Count] = Field(default=None, description="Keep at most this many nodes (None: 1, the default).")
     top_k: Optional[Count] = Field(default=None, description="Alias of top_n (the keep policy's name for it).")
     threshold: Optional[StrictFloat] = Field(
-        default=None, description="Keep only nodes scoring at least this (keep-score units)."
+        default=None, description="Keep only nodes whose calibrated relevance (node.score, 0-1) is at least this."
     )
     relative: Optional[StrictFloat] = Field(
         default=None, description="Keep only nodes scoring at least this fraction (0-1) of the best."
@@ -100,9 +110,13 @@ class AT2Postprocessor(BaseNodePostprocessor):
         ge=0.0,
         le=1e6,  # the core's rank-weight rule (at2_rag.Pruner), checked at construction
         allow_inf_nan=False,
-        description="Weight of the retriever's rank (the nodes' order, best first) in the keep score; "
-        "None: the mode's default (fitted with the support estimator; 0 in the other modes). Set 0 "
-        "when the nodes' order says nothing about relevance.",
+        description="Weight of the retriever's rank in the keep score, when a rank is known; None: the "
+        "mode's default (fitted with the support estimator; 0 in the other modes).",
+    )
+    input_order: Literal["unknown", "retriever"] = Field(
+        default="unknown",
+        description="'retriever': the nodes come best first, so their positions are ranks when neither "
+        "retrieval_rank metadata nor distinct retriever scores give one; 'unknown' trusts no order.",
     )
     metadata_mode: MetadataMode = Field(
         default=MetadataMode.NONE,
@@ -122,6 +136,7 @@ class AT2Postprocessor(BaseNodePostprocessor):
 
     _loader: LazyAttributor = PrivateAttr()
     _warned_unprunable: bool = PrivateAttr(default=False)
+    _warned_uncalibrated: bool = PrivateAttr(default=False)
 
     def __init__(
         self, attributor: Optional[AT2Attributor] = None, *, sentence_relative: Optional[float] = None, **kwargs: Any
@@ -134,6 +149,10 @@ class AT2Postprocessor(BaseNodePostprocessor):
         super().__init__(**kwargs)
         self.resolved_policy()  # validate the keep policies now, not on the first query
         self.resolved_sentence_policy()
+        if self.resolved_policy().threshold is not None and (self.mode == "draft" or self.resolved_sentence_policy()):
+            raise ValueError(
+                "threshold is a calibrated 0-1 relevance, which draft mode and sentence-level pruning do not "
+                "have; use top_n, token_budget or relative")
         self._loader = LazyAttributor(
             attributor,
             model=self.model,
@@ -192,6 +211,8 @@ class AT2Postprocessor(BaseNodePostprocessor):
             max_new_tokens=self.max_new_tokens,
             sentence_policy=self.resolved_sentence_policy(),
             rank_weight=self.rank_weight,
+            input_order=self.input_order,
+            threshold_scale="relevance",
         )
 
     # -- postprocessing ---------------------------------------------------------------------------
@@ -207,7 +228,7 @@ class AT2Postprocessor(BaseNodePostprocessor):
                 out = self._unscored(scored, policy)
                 if out is None:
                     result = self.pruner(self._loader.get(), policy).prune(question, docs)
-                    out = _kept(scored, result)
+                    out = self._kept(scored, result)
                 event.on_end(payload={EventPayload.NODES: out})
         dispatcher.event(ReRankEndEvent(nodes=out))
         return out
@@ -225,12 +246,33 @@ class AT2Postprocessor(BaseNodePostprocessor):
                 out = self._unscored(scored, policy)
                 if out is None:
                     pruner = self.pruner(await self._loader.aget(), policy)
-                    out = _kept(scored, await pruner.aprune(question, docs))
+                    out = self._kept(scored, await pruner.aprune(question, docs))
                 event.on_end(payload={EventPayload.NODES: out})
         dispatcher.event(ReRankEndEvent(nodes=out))
         return out
 
     # -- internals --------------------------------------------------------------------------------
+    def _kept(self, nodes: List[NodeWithScore], result: PruneResult) -> List[NodeWithScore]:
+        """Annotated copies of the kept nodes, highest keep score first (holding only their kept
+        sentences with sentence-level pruning); ``node.score`` is the 0-1 relevance."""
+        if not result.relevance_calibrated and not self._warned_uncalibrated:
+            self._warned_uncalibrated = True
+            warnings.warn(
+                f"AT2Postprocessor(mode={self.mode!r}): node.score is not calibrated with these settings "
+                "(calibrated: whole nodes in support or query mode, with the shipped estimator and rank weight), "
+                "so it is the keep score min-max scaled within each call. (Shown once per postprocessor.)",
+                UserWarning,
+                stacklevel=6,
+            )
+        source = rank_label(nodes, result.rank_source)
+        relevance, out = result.relevance_scores, []
+        for i in result.kept:
+            spans = None if result.sentence_spans is None else result.sentence_spans[i]
+            out.append(annotate(nodes[i], result.scores[i], text=None if spans is None else result.kept_text(i),
+                                spans=spans, rank_score=relevance[i], keep_score=result.keep_scores[i],
+                                rank_source=source))
+        return out
+
     def _model_name(self) -> str:
         """The local model's name: the loaded model's, else the ``model`` field."""
         if self._loader.loaded:
@@ -309,15 +351,3 @@ def _from_sentence_relative(value: float, kwargs: Dict[str, Any]) -> Optional[Ke
         raise ValueError("pass sentence_policy or the deprecated sentence_relative, not both")
     policy = keep_policy(relative=value, default=SENTENCE_POLICY)  # validated even when ignored
     return policy if on else None
-
-
-def _kept(nodes: List[NodeWithScore], result: PruneResult) -> List[NodeWithScore]:
-    """Annotated copies of the kept nodes, highest keep score first (holding only their kept
-    sentences with sentence-level pruning); ``node.score`` is the keep score."""
-    out = []
-    keep_scores = result.keep_scores
-    for i in result.kept:
-        spans = None if result.sentence_spans is None else result.sentence_spans[i]
-        out.append(annotate(nodes[i], result.scores[i], text=None if spans is None else result.kept_text(i),
-                            spans=spans, rank_score=keep_scores[i]))
-    return out
