@@ -1,4 +1,5 @@
-"""A small, dependency-free sentence splitter that returns exact character spans.
+"""A small, dependency-free sentence splitter that returns exact character spans, and a clause splitter
+for one sentence.
 
 Spans tile the text: every character belongs to exactly one span, and the whitespace between two
 sentences is the *start* of the next span (byte-level BPE tokenizers attach a leading space to the
@@ -20,6 +21,18 @@ _ABBREVIATIONS = frozenset(
 _TERMINAL = re.compile(r"(?<![.!?…])[.!?…]++[\"'”’)\]]*+(?=\s)|[。！？]+[」』”’)\]]*")
 _BLANK_LINES = re.compile(r"\n\s*\n")
 _NON_SPACE = re.compile(r"\S")
+# A clause boundary inside a sentence: after a semicolon, or after a comma, colon or dash followed by a word
+# that opens a new claim (a coordinating conjunction, or a relative or subordinating word). A comma before
+# anything else (a list, an apposition, "Warsaw, Poland") does not end a clause. The whitespace after the
+# mark opens the next clause, as between sentences.
+_CLAUSE_BREAK = re.compile(
+    r";(?=\s)|(?:,|:|\s[–—-])(?=\s+(?:and|but|or|yet|so|while|whereas|although|though|which|who|whose|where|"
+    r"when|after|before|because|since|until|unless|whereby)\b)",
+    re.IGNORECASE,
+)
+_WORD = re.compile(r"\w+")
+MIN_CLAUSE_WORDS = 3
+"""A stretch with fewer words is no claim of its own: it joins the clause before it (the first, the next)."""
 # Longer than any abbreviation: the backward scan for the word before a period stops there.
 _MAX_ABBREVIATION_SCAN = 64
 
@@ -72,3 +85,26 @@ def _next_word_is_lowercase(text: str, pos: int) -> bool:
     """Whether the first non-space character at or after ``pos`` is lowercase (scans, never copies)."""
     found = _NON_SPACE.search(text, pos)
     return found is not None and found.group().islower()
+
+
+def split_clauses(text: str, start: int = 0, end: int | None = None) -> list[tuple[int, int]]:
+    """``(start, end)`` spans of the clauses of the sentence ``text[start:end]``; they tile it.
+
+    A clause ends after a semicolon, or after a comma, colon or dash followed by a conjunction or a
+    relative word ("…born in Warsaw, but moved to Paris…" is two clauses; "Warsaw, Poland" is not cut).
+    A stretch of fewer than :data:`MIN_CLAUSE_WORDS` words joins its neighbour. Text in languages
+    without these words is one clause.
+    """
+    end = len(text) if end is None else end
+    if start >= end:
+        return []
+    cuts = [start] + [m.end() for m in _CLAUSE_BREAK.finditer(text, start, end) if m.end() < end] + [end]
+    spans: list[tuple[int, int]] = []
+    for a, b in zip(cuts, cuts[1:]):
+        if spans and len(_WORD.findall(text, spans[-1][0], spans[-1][1])) < MIN_CLAUSE_WORDS:
+            spans[-1] = (spans[-1][0], b)  # the one before was too short: it takes this one in
+        elif spans and len(_WORD.findall(text, a, b)) < MIN_CLAUSE_WORDS:
+            spans[-1] = (spans[-1][0], b)
+        else:
+            spans.append((a, b))
+    return spans

@@ -397,3 +397,19 @@ def test_ask_json_reports_the_run_offsets_and_markers(tmp_path, capsys, monkeypa
     assert [data["retrieved"][i]["kept"] for i in data["kept_order"]] == [True]
     assert _unmarked(data["answer_cited"]) == _unmarked(data["answer"])
     assert data["full_context_answer"] and data["full_context_citations"] is not None
+
+
+def test_ask_fuses_the_index_rank_and_answer_does_not_assume_one(attributor):
+    docs = [Document(text="The Rhine flows through Basel.", title="Rhine"),
+            Document(text="Kibo is the highest summit of Kilimanjaro.", title="Kilimanjaro")]
+
+    class Index:  # the index's contract: (document, similarity) pairs, best first
+        def search(self, question, k):
+            return [(d, 1.0 - i / 10) for i, d in enumerate(docs[:k])]
+
+    pipe = RAGPipeline(attributor, Index(), k=2, mode="support", policy=at2_rag.KeepPolicy(top_k=1),  # type: ignore[arg-type]
+                       max_new_tokens=4)
+    asked = pipe.ask("What is the highest mountain in Africa?")
+    assert asked.prune.rank_source == "metadata"
+    assert [d.metadata["retrieval_rank"] for d in asked.prune.documents] == [0, 1]
+    assert pipe.answer("What is the highest mountain in Africa?", docs).prune.rank_source == "none"

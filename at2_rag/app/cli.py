@@ -10,20 +10,9 @@ import sys
 
 from ..files import json_safe
 from ..model_assets import ASSETS as _ASSETS
-from .checks import (
-    estimator_file,
-    estimator_kinds,
-    input_file,
-    kept_chunks,
-    masks_count,
-    model_options,
-    open_fraction,
-    output_file,
-    positive_int,
-    read_text_file,
-    refine_ablations,
-    text_argument,
-)
+
+# Only light modules are imported here, so ``--help`` and ``--version`` answer without loading torch or
+# transformers; each command imports what it needs.
 
 DESCRIPTION = (
     "AT2 context attribution for RAG: retrieve chunks, score them with a local model's own attention, "
@@ -32,8 +21,33 @@ DESCRIPTION = (
 """What ``at2-rag --help`` says first (plain text: argparse prints it as it is)."""
 NAMED_MODELS = sorted(_ASSETS)
 ESTIMATOR_HELP = "the answer estimator: 'default', a .safetensors file, or 'none' (uniform attention)"
+MODE_CHOICES = ("support", "draft", "query")
+"""The pruning modes ``--mode`` offers: :data:`at2_rag.pruning.MODES` (a test keeps the two equal), named
+here so that building the parser does not import the pruning module and torch with it."""
 REFINE_HELP = ("sharpen the attribution with N ablated passes (AT2 + N: the N top-scored sources left out one "
                "at a time; N + 1 more passes); 0: AT2 alone")
+
+
+class _Check:
+    """An argparse type from :mod:`.checks`, imported when an argument is first parsed: the checks use the
+    core's own rules, whose modules load torch, which ``--help`` must not wait for."""
+
+    def __init__(self, name: str) -> None:
+        self.name = self.__name__ = name
+
+    def __call__(self, text: str):
+        """``text`` converted and checked by ``checks.<name>`` (an ``ArgumentTypeError`` when it fails)."""
+        from . import checks
+
+        return getattr(checks, self.name)(text)
+
+
+positive_int = _Check("positive_int")
+masks_count = _Check("masks_count")
+open_fraction = _Check("open_fraction")
+refine_ablations = _Check("refine_ablations")
+estimator_kinds = _Check("estimator_kinds")
+text_argument = _Check("text_argument")
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
@@ -72,6 +86,7 @@ def _attributor(args, estimator=None, **kwargs):
 
 
 def cmd_demo(args) -> int:
+    from .checks import estimator_file, kept_chunks, output_file
     from .demo import run_demo
 
     keep = kept_chunks(args.keep, args.top_k)
@@ -88,6 +103,7 @@ def cmd_demo(args) -> int:
 def cmd_ask(args) -> int:
     from ..errors import InputError
     from ..policy import KeepPolicy
+    from .checks import estimator_file, kept_chunks, output_file
     from .corpus import load_folder
     from .pipeline import RAGPipeline, RunSettings
     from .retrieval import cached_index
@@ -130,6 +146,7 @@ def cmd_evaluate(args) -> int:
     from ..research.evaluation import format_table, make_method, run_evaluation
     from ..research.evaluation.methods import AT2
     from ..research.shards import parse_shard
+    from .checks import estimator_file, input_file, output_file
 
     methods = [make_method(m.strip()) for m in args.methods.split(",") if m.strip()]
     if len({m.name for m in methods}) != len(methods):
@@ -161,14 +178,13 @@ def cmd_evaluate(args) -> int:
 
 
 def _add_pipeline_args(p: argparse.ArgumentParser) -> None:
-    from ..pruning import MODES
     from .pipeline import DEFAULT_KEEP, DEFAULT_RETRIEVE
 
     p.add_argument("--estimator", default="default", help=ESTIMATOR_HELP)
     p.add_argument("--top-k", type=positive_int, default=DEFAULT_RETRIEVE, help="chunks retrieved per question")
     p.add_argument("--keep", type=positive_int, default=None,
                    help=f"chunks kept after AT2 pruning (default: {DEFAULT_KEEP}, at most --top-k)")
-    p.add_argument("--mode", choices=list(MODES), default="support",
+    p.add_argument("--mode", choices=list(MODE_CHOICES), default="support",
                    help="support: score which chunks support a correct answer, from the question alone, fused "
                         "with the retriever's rank (best answers); draft: score what a full-context draft "
                         "answer used (most faithful to the draft); query: question rows, own-answer estimator")
@@ -179,6 +195,7 @@ def _add_pipeline_args(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_build_nq(args) -> int:
+    from .checks import input_file, output_file
     from .nq_rag import build_nq_rag
 
     input_file(args.source, "NQ-Open file")
@@ -192,6 +209,7 @@ def cmd_train_data(args) -> int:
     from ..errors import InputError
     from ..research.ablation_data import generate_training_data
     from ..research.shards import parse_shard
+    from .checks import input_file
 
     input_file(args.data, "data file")
     shard = None if args.shard is None else parse_shard(args.shard)
@@ -218,6 +236,7 @@ def cmd_train_data(args) -> int:
 def cmd_train(args) -> int:
     from ..models import model_identity
     from ..research.fitting import train_estimator
+    from .checks import output_file
 
     output_file(args.out, "estimator file")
     est, _ = train_estimator(
@@ -232,6 +251,7 @@ def cmd_train(args) -> int:
 
 def cmd_fit_model(args) -> int:
     from ..research.fit_model import fit_model
+    from .checks import input_file, output_file
 
     input_file(args.data, "data file")
     output_file(args.out, "estimator file")
@@ -263,6 +283,8 @@ def cmd_fetch_model(args) -> int:
 
 
 def cmd_attribute(args) -> int:
+    from .checks import estimator_file, read_text_file
+
     docs = [read_text_file(p) for p in args.documents]
     estimator_file(args.estimator)
     att = _attributor(args, args.estimator, granularity=args.granularity)
@@ -465,7 +487,9 @@ def quiet_libraries(verbose: bool) -> None:
 def main(argv: list[str] | None = None) -> int:
     from ..errors import AT2Error
 
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(argv)  # --help and --version end here, before anything heavy loads
+    from .checks import model_options
+
     quiet_libraries(args.verbose)
     if getattr(args, "estimator", None) == "none":
         args.estimator = None

@@ -5,21 +5,21 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from dataclasses import asdict, dataclass, field, replace
+from typing import TYPE_CHECKING, Any
 
-from ..attributor import AT2Attributor, check_new_tokens
-from ..citations import Citation, cite, with_markers
-from ..documents import Document, DocumentLike, as_documents, check_encodable
+from ..documents import RETRIEVAL_RANK_KEY, Document, DocumentLike, as_documents, check_encodable
 from ..errors import InputError
-from ..estimator import ModelIdentity
 from ..policy import DEFAULT_POLICY, KeepPolicy
-from ..pruning import Mode, Pruner, PruneResult
-from ..refine import check_refine_ablations
 from ..research.data import is_correct, normalize_answer
-from ..results import Attribution
 from .corpus import chunk_label
-from .retrieval import VectorIndex
+
+if TYPE_CHECKING:  # torch-backed modules, imported where used: the CLI reads this module's defaults without them
+    from ..attributor import AT2Attributor
+    from ..citations import Citation
+    from ..pruning import Mode, PruneResult
+    from ..results import Attribution
+    from .retrieval import VectorIndex
 
 DEFAULT_RETRIEVE = 8
 """Chunks retrieved per question: enough to usually contain the answer, few enough for a small window."""
@@ -120,6 +120,8 @@ class QAResult:
     full_attribution: Attribution | None = None
     """The answer from all retrieved chunks, attributed per sentence, when generated for comparison
     (outside draft mode; in draft mode the draft's attribution plays that part)."""
+    full_citations: list[Citation] | None = None
+    """Citations of :attr:`full_attribution`, made with it (None: made from it when asked for)."""
 
     @property
     def answer(self) -> str:
@@ -146,6 +148,10 @@ class QAResult:
     @property
     def full_context_citations(self) -> list[Citation] | None:
         """Citations of the full-context answer (its sources are all retrieved chunks); None without it."""
+        from ..citations import cite
+
+        if self.prune.mode != "draft" and self.full_citations is not None:
+            return self.full_citations
         att = self.full_context_attribution
         return None if att is None else cite(att)
 
@@ -160,6 +166,8 @@ class QAResult:
 
     def cited_answer(self, full: bool = False) -> str | None:
         """The answer (``full``: the full-context one) with ``[n]`` chunk markers after each cited sentence."""
+        from ..citations import with_markers
+
         answer, citations = (self.full_context_answer, self.full_context_citations) if full else (
             self.answer, self.citations)
         if answer is None:
@@ -250,6 +258,8 @@ class RunSettings:
     @classmethod
     def of(cls, pipeline: RAGPipeline, *, estimator: str | None, corpus: str) -> RunSettings:
         """The settings of ``pipeline``; ``estimator`` as the user named it (None: uniform weights)."""
+        from ..estimator import ModelIdentity
+
         return cls(ModelIdentity.of(pipeline.attributor.model).name, estimator or "none (uniform attention)",
                    pipeline.k, pipeline.pruner.policy.top_k, pipeline.pruner.mode, corpus, pipeline.refine_ablations)
 
@@ -294,6 +304,10 @@ class RAGPipeline:
         full_answer: bool = False,
         refine_ablations: int = 0,
     ) -> None:
+        from ..attributor import check_new_tokens
+        from ..pruning import Pruner
+        from ..refine import check_refine_ablations
+
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
             raise InputError(f"k must be a positive int (chunks to retrieve per question), got {k!r}")
         # the attributor's own rule, checked before any work rather than after retrieval and scoring
@@ -314,7 +328,9 @@ class RAGPipeline:
         refs = check_references(references)
         t0 = time.perf_counter()
         hits = self.index.search(question, self.k)
-        docs, sims = [d for d, _ in hits], [s for _, s in hits]
+        # The index returns best first, so each chunk's rank is known: the support pruner fuses it.
+        docs = [replace(d, metadata={**d.metadata, RETRIEVAL_RANK_KEY: i}) for i, (d, _) in enumerate(hits)]
+        sims = [s for _, s in hits]
         return self.answer(question, docs, sims, t_retrieve=time.perf_counter() - t0, references=refs)
 
     def answer(
@@ -333,19 +349,37 @@ class RAGPipeline:
         pruned = self.pruner.prune(question, docs)
         t2 = time.perf_counter()
         # Best first, as rerankers hand documents on: the strongest evidence opens the context.
-        kept_docs = pruned.kept_documents
-        final = self.attributor.refined(self.attributor.generate(
-            question, kept_docs, granularity="sentence", max_new_tokens=self.max_new_tokens
-        ), self.refine_ablations)
+        final, citations = self._cited(question, pruned.kept_documents)
         t3 = time.perf_counter()
         seconds = {"retrieve": t_retrieve, "score_and_prune": t2 - t1, "regenerate": t3 - t2}
-        full = None
+        full = full_citations = None
         if self.full_answer and pruned.mode != "draft":
-            full = self.attributor.refined(self.attributor.generate(
-                question, docs, granularity="sentence", max_new_tokens=self.max_new_tokens
-            ), self.refine_ablations)
+            full, full_citations = self._cited(question, docs)
             seconds["full_context_answer"] = time.perf_counter() - t3
-        return QAResult(question, pruned.documents, sims, pruned, final, cite(final), seconds, refs, full)
+        return QAResult(question, pruned.documents, sims, pruned, final, citations, seconds, refs, full,
+                        full_citations)
+
+    def _cited(self, question: str, documents: Sequence[Document]) -> tuple[Attribution, list[Citation]]:
+        """Answer ``question`` from ``documents`` with sentences as sources, attribute and cite the answer.
+
+        Citations are picked clause by clause from the answer's per-token scores (see :func:`~at2_rag.cite`),
+        or from its sentence scores once ablations have refined those (they measure whole sentences). The
+        features this needs are dropped from the result unless the attributor keeps features."""
+        from ..citations import cite
+        from ..prompts import token_char_starts
+
+        att = self.attributor
+        answer = att.refined(att.generate(question, documents, granularity="sentence",
+                                          max_new_tokens=self.max_new_tokens, keep_features=True),
+                             self.refine_ablations)
+        if self.refine_ablations or answer.features is None:
+            citations = cite(answer)
+        else:
+            citations = cite(answer, token_scores=att.estimator.source_scores(answer.features),
+                             token_starts=token_char_starts(att.tokenizer, answer.answer_ids, answer.answer))
+        if not att.keep_features:
+            answer = replace(answer, features=None, query_features=None)
+        return answer, citations
 
 
 def check_question(question: object) -> str:
