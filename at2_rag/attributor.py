@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import dataclasses
 import os
 import threading
 import warnings
@@ -22,9 +23,11 @@ from typing import Literal
 import torch
 
 from . import capture
+from .citations import Citation, cite
 from .documents import HEADER_WORD, DocumentLike, check_encodable, document_label
 from .errors import ContextTooLongError, InputError
 from .estimator import Estimator
+from .policy import CITATION_POLICY, KeepPolicy
 from .prompts import (
     DEFAULT_INSTRUCTION,
     Granularity,
@@ -35,12 +38,15 @@ from .prompts import (
     documents_that_fit,
     encode,
     sentence_tokens,
+    token_char_starts,
 )
 from .refine import check_refine_ablations
 from .results import AnswerSentence, Attribution
 
 CONTENT_FREE_QUESTION = "N/A"
 """The question of the calibration prompt: asks nothing, so its attention is the positional prior."""
+AT2_METHOD = "at2"
+"""``Attribution.method`` of a zero-pass AT2 attribution (a refined one is ``at2+N``)."""
 
 
 class AT2Attributor:
@@ -306,6 +312,23 @@ class AT2Attributor:
             return attribution
         return self.refine(attribution, n_ablations)
 
+    def cited(self, attribution: Attribution, policy: KeepPolicy = CITATION_POLICY) -> tuple[Attribution, list[Citation]]:
+        """``attribution``'s citations (:func:`~at2_rag.cite`), clause by clause where it kept its per-token
+        features and no ablations refined its scores (refined scores measure whole sentences), else sentence
+        by sentence; with ``attribution`` returned without those features unless this attributor keeps them.
+
+        Components cite through this so a two-claim answer sentence cites the source of each claim; make
+        the attribution with ``keep_features=True`` to allow it.
+        """
+        token_scores = token_starts = None
+        if attribution.features is not None and attribution.method == AT2_METHOD and attribution.answer_ids:
+            token_scores = self.estimator.source_scores(attribution.features)
+            token_starts = token_char_starts(self.tokenizer, attribution.answer_ids, attribution.answer)
+        citations = cite(attribution, policy, token_scores=token_scores, token_starts=token_starts)
+        if not self.keep_features and (attribution.features is not None or attribution.query_features is not None):
+            attribution = dataclasses.replace(attribution, features=None, query_features=None)
+        return attribution, citations
+
     async def arefine(self, attribution: Attribution, n_ablations: int = 8, **kwargs) -> Attribution:
         """:meth:`refine` in a worker thread, so the event loop keeps running meanwhile."""
         return await asyncio.to_thread(self.refine, attribution, n_ablations, **kwargs)
@@ -358,7 +381,7 @@ class AT2Attributor:
             answer=answer,
             scores=scores,
             sentences=sentences,
-            method="at2",
+            method=AT2_METHOD,
             extra_forward_passes=extra_passes,
             answer_ids=list(answer_ids),
             features=feats if keep else None,

@@ -169,3 +169,35 @@ def test_the_sentence_that_states_the_birthplace_is_cited(attributor, notes):
     assert "She was born in Warsaw in 1867." not in [s.text.strip() for c in cite(result.final) for s in c.sources
                                                      if "Warsaw" in c.text]
     assert result.final.features is None  # the features citations needed are not kept on the result
+
+
+# -- AT2Attributor.cited: the one path every component cites through ------------------------------------------
+
+CURIE_NOTE = ("Marie Curie was a physicist and chemist who conducted pioneering research on radioactivity. She was "
+              "born in Warsaw in 1867. She later moved to Paris to study at the University of Paris.")
+EIFFEL_NOTE = "The Eiffel Tower is a wrought-iron lattice tower in Paris. It was completed in 1889 for the World's Fair."
+TWO_CLAIMS = "Marie Curie was born in Warsaw, Poland, but moved to Paris to study at the University of Paris."
+BORN, MOVED = "She was born in Warsaw in 1867.", "She later moved to Paris to study at the University of Paris."
+
+
+@pytest.mark.slow
+def test_cited_cites_each_claim_of_an_answer_written_elsewhere_and_drops_the_features(attributor):
+    a = attributor.attribute("Where was Marie Curie born and where did she study?", [CURIE_NOTE, EIFFEL_NOTE],
+                             TWO_CLAIMS, granularity="sentence", keep_features=True)
+    slim, (citation,) = attributor.cited(a)
+    cited = [s.text.strip() for s in citation.sources]
+    assert cited[:2] == [MOVED, BORN], cited  # each claim's source, strongest first
+    assert [s.text.strip() for s in cite(a)[0].sources] == [MOVED]  # the sentence mean alone cites one claim
+    assert slim.features is None and slim.query_features is None and a.features is not None
+    assert slim.scores.equal(a.scores)
+
+
+@pytest.mark.slow
+def test_cited_uses_sentence_scores_once_ablations_refined_them_or_without_features(attributor):
+    question, docs = "Where was Marie Curie born and where did she study?", [CURIE_NOTE, EIFFEL_NOTE]
+    a = attributor.attribute(question, docs, TWO_CLAIMS, granularity="sentence", keep_features=True)
+    refined = attributor.refined(a, 4)
+    assert refined.method == "at2+4" and refined.features is not None
+    assert attributor.cited(refined)[1] == cite(refined)
+    bare = attributor.attribute(question, docs, TWO_CLAIMS, granularity="sentence")
+    assert bare.features is None and attributor.cited(bare)[1] == cite(bare)

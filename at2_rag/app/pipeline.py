@@ -365,20 +365,11 @@ class RAGPipeline:
         Citations are picked clause by clause from the answer's per-token scores (see :func:`~at2_rag.cite`),
         or from its sentence scores once ablations have refined those (they measure whole sentences). The
         features this needs are dropped from the result unless the attributor keeps features."""
-        from ..citations import cite
-        from ..prompts import token_char_starts
-
         att = self.attributor
         answer = att.refined(att.generate(question, documents, granularity="sentence",
                                           max_new_tokens=self.max_new_tokens, keep_features=True),
                              self.refine_ablations)
-        if self.refine_ablations or answer.features is None:
-            citations = cite(answer)
-        else:
-            citations = cite(answer, token_scores=att.estimator.source_scores(answer.features),
-                             token_starts=token_char_starts(att.tokenizer, answer.answer_ids, answer.answer))
-        if not att.keep_features:
-            answer = replace(answer, features=None, query_features=None)
+        answer, citations = att.cited(answer)
         return answer, citations
 
 

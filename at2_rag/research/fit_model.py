@@ -86,6 +86,7 @@ def fit_model(
     holdout: float = 0.15,
     max_batch_tokens: int = 16384,
     support_limit: int | None = None,
+    shard_size: int = 64,
     progress: bool = True,
     log: Callable[[str], None] = print,
     ray: dict[str, Any] | None = None,
@@ -97,6 +98,7 @@ def fit_model(
     held-out score next to average attention's (the uniform weights) on the same questions: LDS for
     answer and query, Pearson and gold-document-first for support. Support data needs reference
     answers in the data (``answers``) and uses the first ``support_limit`` examples (default ``limit``).
+    ``shard_size``: examples per data shard; a smaller one keeps more of a slow run that is stopped.
     ``ray``: the keyword arguments of :func:`~at2_rag.research.distributed.generate_with_ray` (``model``,
     ``address``, ``workers``, ``gpus_per_worker``, ``device``, ``dtype``) to make the shards on a Ray cluster.
     """
@@ -122,7 +124,7 @@ def fit_model(
     if "answer" in kinds or "query" in kinds:
         log("ablation outcomes (resumable) ...")
         options = dict(split="train", k=k, limit=limit, n_masks=n_masks, max_new_tokens=max_new_tokens,
-                       max_batch_tokens=max_batch_tokens)
+                       max_batch_tokens=max_batch_tokens, shard_size=shard_size)
         _generate(att, data, work / "outcomes", "outcomes", options, progress, ray)
         log("features, one pass per question (cached) ...")
         rows = cached_features(att, work / "outcomes", data, work / "features", progress=progress)
@@ -134,7 +136,8 @@ def fit_model(
                 save(kind, *_fit_lds_kind(kind, fit_rows, held, ident, recipe))
     if "support" in kinds:
         log("support data: reference-answer ablations over whole documents (resumable) ...")
-        _generate(att, data, work / "support", "support", dict(split="train", limit=support_limit or limit), progress, ray)
+        _generate(att, data, work / "support", "support", dict(split="train", limit=support_limit or limit, shard_size=shard_size),
+                  progress, ray)
         records = load_records(work / "support")
         train, held_records = _split(records, holdout, lambda r: r[1]["id"])
         log(f"fitting the support estimator on {len(train)} records, {len(held_records)} held out ...")

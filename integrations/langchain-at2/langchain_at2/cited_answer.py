@@ -27,7 +27,6 @@ from at2_rag import (
     InputError,
     TokenStream,
     check_refine_ablations,
-    cite,
     format_context,
     keep_policy,
     with_markers,
@@ -256,7 +255,8 @@ class AT2CitedAnswer(LocalModelFields, RunnableSerializable[CitedInput, dict[str
 
         def generate(inputs: dict[str, Any]) -> str:
             holder["attribution"] = att.generate(
-                inputs["question"], at2_docs, granularity="sentence", max_new_tokens=self.max_new_tokens
+                inputs["question"], at2_docs, granularity="sentence", max_new_tokens=self.max_new_tokens,
+                keep_features=True,
             )
             return holder["attribution"].answer
 
@@ -264,7 +264,8 @@ class AT2CitedAnswer(LocalModelFields, RunnableSerializable[CitedInput, dict[str
             return TokenStream(
                 att,
                 lambda kwargs: att.generate(
-                    question, at2_docs, granularity="sentence", max_new_tokens=self.max_new_tokens, **kwargs
+                    question, at2_docs, granularity="sentence", max_new_tokens=self.max_new_tokens,
+                    keep_features=True, **kwargs
                 ),
             )
 
@@ -293,10 +294,11 @@ class AT2CitedAnswer(LocalModelFields, RunnableSerializable[CitedInput, dict[str
         def cite_answer(inputs: dict[str, str]) -> dict[str, Any]:
             answer, attribution = inputs["answer"], holder.get("attribution")
             if attribution is None and answer.strip():
-                attribution = att.attribute(inputs["question"], at2_docs, answer, granularity="sentence")
+                attribution = att.attribute(inputs["question"], at2_docs, answer, granularity="sentence",
+                                            keep_features=True)
             if attribution is not None:
                 attribution = att.refined(attribution, self.refine_ablations)
-            return self._citations(answer, attribution, len(at2_docs))
+            return self._citations(att, answer, attribution, len(at2_docs))
 
         return RunnableLambda(cite_answer, name=CITE_RUN_NAME)
 
@@ -325,10 +327,13 @@ class AT2CitedAnswer(LocalModelFields, RunnableSerializable[CitedInput, dict[str
     def _prompt_inputs(question: str, docs: list) -> dict[str, str]:
         return {"question": question, "context": format_context(docs)}
 
-    def _citations(self, answer: str, attribution: Attribution | None, n_docs: int) -> dict[str, Any]:
-        """The output keys that come from the attribution: the marked answer, citations, document scores."""
+    def _citations(self, att: AT2Attributor, answer: str, attribution: Attribution | None, n_docs: int) -> dict[str, Any]:
+        """The output keys that come from the attribution: the marked answer, citations (clause by clause
+        from the per-token scores the attribution kept for this), document scores."""
         policy = keep_policy(top_n=self.max_sources, relative=self.relative, min_keep=0, default=CITATION_POLICY)
-        cites = cite(attribution, policy) if attribution else []
+        cites: list = []
+        if attribution is not None:
+            attribution, cites = att.cited(attribution, policy)
         scores = attribution.document_scores().tolist() if attribution else []
         return {
             "answer_with_markers": with_markers(answer, cites),

@@ -268,3 +268,19 @@ def test_errors_in_the_streamed_local_answer_reach_the_caller(attributor, docs):
         list(chain.stream({"question": QUESTION, "documents": [docs[GOLD], long_doc]}))
     with pytest.raises(ContextTooLongError, match="window"):
         asyncio.run(acollect(chain, {"question": QUESTION, "documents": [docs[GOLD], long_doc]}))
+
+
+CURIE_NOTE = ("Marie Curie was a physicist and chemist who conducted pioneering research on radioactivity. She was "
+              "born in Warsaw in 1867. She later moved to Paris to study at the University of Paris.")
+EIFFEL_NOTE = "The Eiffel Tower is a wrought-iron lattice tower in Paris. It was completed in 1889 for the World's Fair."
+TWO_CLAIMS = "Marie Curie was born in Warsaw, Poland, but moved to Paris to study at the University of Paris."
+
+
+def test_a_two_claim_sentence_cites_the_source_of_each_claim(attributor):
+    docs = [Document(page_content=CURIE_NOTE), Document(page_content=EIFFEL_NOTE)]
+    chain = AT2CitedAnswer(attributor=attributor, llm=FakeListChatModel(responses=[TWO_CLAIMS]))
+    out = chain.invoke({"question": "Where was Marie Curie born and where did she study?", "documents": docs})
+    (citation,) = out["citations"]
+    cited = [s["text"].strip() for s in citation["sources"]]
+    assert "She was born in Warsaw in 1867." in cited and "She later moved to Paris to study at the University of Paris." in cited
+    check_spans(out)

@@ -90,9 +90,11 @@ def test_local_model_answers_and_cites_with_no_extra_pass(attributor, index):
     response = engine.query(QUESTION)
     answer = response.metadata["answer"]
     assert answer and response.metadata["extra_forward_passes"] == 0
-    assert response.response.replace(label(response, GOLD), "") == answer
-    cited = {s["document_id"] for c in response.metadata["citations"] for s in c["sources"]}
-    assert cited == {GOLD}
+    assert re.sub(r"\[\d\]", "", response.response) == answer
+    cited = [s["document_id"] for c in response.metadata["citations"] for s in c["sources"]]
+    # Citations go clause by clause: "The Eiffel Tower was completed in 1889," cites its fact, and the
+    # answer's unfinished "while Mount Everest" clause may cite that one.
+    assert GOLD in cited and set(cited) <= {GOLD, "everest"}, cited
 
 
 def test_refine_ablations_sharpen_citations_in_every_path(attributor, index, api_run):
@@ -232,3 +234,23 @@ def test_citation_chunk_settings(attributor, index, nodes):
         AT2CitationQueryEngine.from_args(index, attributor=attributor, citation_chunk_size=0)
     with pytest.raises(ValueError, match="needs citation_chunk_size"):
         AT2CitationQueryEngine.from_args(index, attributor=attributor, citation_chunk_overlap=5)
+
+
+CURIE_NOTE = ("Marie Curie was a physicist and chemist who conducted pioneering research on radioactivity. She was "
+              "born in Warsaw in 1867. She later moved to Paris to study at the University of Paris.")
+EIFFEL_NOTE = "The Eiffel Tower is a wrought-iron lattice tower in Paris. It was completed in 1889 for the World's Fair."
+TWO_CLAIMS = "Marie Curie was born in Warsaw, Poland, but moved to Paris to study at the University of Paris."
+
+
+def test_a_two_claim_sentence_cites_the_source_of_each_claim(attributor, embed_model):
+    from llama_index.core import VectorStoreIndex
+    from llama_index.core.schema import TextNode
+
+    notes = VectorStoreIndex([TextNode(id_="curie", text=CURIE_NOTE), TextNode(id_="eiffel", text=EIFFEL_NOTE)],
+                             embed_model=embed_model)
+    engine = AT2CitationQueryEngine.from_args(notes, llm=FixedLLM(answer=TWO_CLAIMS), attributor=attributor,
+                                              similarity_top_k=2)
+    response = engine.query("Where was Marie Curie born and where did she study?")
+    (citation,) = response.metadata["citations"]
+    cited = [s["text"].strip() for s in citation["sources"]]
+    assert "She was born in Warsaw in 1867." in cited and "She later moved to Paris to study at the University of Paris." in cited

@@ -41,7 +41,6 @@ from at2_rag import (
     TokenStream,
     check_encodable,
     check_refine_ablations,
-    cite,
     keep_policy,
     with_markers,
 )
@@ -238,7 +237,8 @@ class AT2CitationQueryEngine(BaseQueryEngine):
     def _generate(self, att: AT2Attributor, question: str, docs: List[Document], **kwargs: Any) -> Attribution:
         """The local model's answer, attributed while it generates (and refined, when asked)."""
         return att.refined(att.generate(
-            question, docs, granularity=self._granularity, max_new_tokens=self._max_new_tokens, **kwargs
+            question, docs, granularity=self._granularity, max_new_tokens=self._max_new_tokens,
+            keep_features=True, **kwargs
         ), self._refine_ablations)
 
     def _answer(self, query_bundle: QueryBundle, nodes: List[NodeWithScore]) -> Response:
@@ -267,7 +267,8 @@ class AT2CitationQueryEngine(BaseQueryEngine):
         """The local model's attribution of an answer written elsewhere (None for an empty answer)."""
         if answer.strip() in ("", EMPTY_RESPONSE):
             return None
-        return att.refined(att.attribute(question, docs, answer, granularity=self._granularity), self._refine_ablations)
+        attribution = att.attribute(question, docs, answer, granularity=self._granularity, keep_features=True)
+        return att.refined(attribution, self._refine_ablations)
 
     async def _aattribute(
         self, att: AT2Attributor, question: str, docs: List[Document], answer: str
@@ -360,7 +361,8 @@ class AT2CitationQueryEngine(BaseQueryEngine):
         if attribution is None:
             sources = [annotate(n, None) for n in nodes]
             return Response(answer, sources, _metadata(answer, answer, [], None))
-        citations = cite(attribution, self._citation_policy)
+        # Clause by clause from the per-token scores (the attribution kept them for this), then dropped.
+        attribution, citations = self._loader.get().cited(attribution, self._citation_policy)
         scores, n_scored = attribution.document_scores().tolist(), len(attribution.prompt.documents)
         sources = [annotate(n, scores[i] if i < n_scored else None) for i, n in enumerate(nodes)]
         cited = with_markers(answer, citations)
