@@ -51,11 +51,11 @@ _EXPORTS: dict[str, str] = {
     "Source": ".prompts",
     "build_prompt": ".prompts",
     "MODES": ".pruning",
-    "RETRIEVAL_RANK_KEY": ".pruning",
+    "RETRIEVAL_RANK_KEY": ".documents",
     "Mode": ".pruning",
     "Pruner": ".pruning",
     "PruneResult": ".pruning",
-    "fused_scores": ".pruning",
+    "fused_scores": ".ranking",
     "check_refine_ablations": ".refine",
     "AnswerSentence": ".results",
     "Attribution": ".results",
@@ -74,7 +74,7 @@ if TYPE_CHECKING:
     from .app.pipeline import QAResult, RAGPipeline
     from .attributor import AT2Attributor, check_new_tokens
     from .citations import Citation, CitedSource, cite, with_markers
-    from .documents import Document, DocumentLike, check_encodable, format_context
+    from .documents import RETRIEVAL_RANK_KEY, Document, DocumentLike, check_encodable, format_context
     from .embeddings import MiniLMEmbedder
     from .errors import (
         AT2Error,
@@ -90,7 +90,8 @@ if TYPE_CHECKING:
     from .models import load_model
     from .policy import CITATION_POLICY, DEFAULT_POLICY, SENTENCE_POLICY, KeepPolicy, keep_policy
     from .prompts import DEFAULT_INSTRUCTION, Granularity, Prompt, Source, build_prompt
-    from .pruning import MODES, RETRIEVAL_RANK_KEY, Mode, Pruner, PruneResult, fused_scores
+    from .pruning import MODES, Mode, Pruner, PruneResult
+    from .ranking import fused_scores
     from .refine import check_refine_ablations
     from .results import AnswerSentence, Attribution, ScoredSource
     from .sentences import split_sentences

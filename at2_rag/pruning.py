@@ -20,159 +20,28 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import functools
-import hashlib
-import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 from .attributor import AT2Attributor, check_new_tokens
-from .documents import RETRIEVAL_RANK_KEY, Document, DocumentLike, as_documents, brief, is_rank
-from .errors import EstimatorError, InputError
+from .documents import Document, DocumentLike, as_documents, brief
+from .errors import InputError
 from .estimator import Estimator, check_rank_weight
 from .policy import DEFAULT_POLICY, KeepPolicy
 from .prompts import Granularity, encode
+from .ranking import INPUT_ORDERS, InputOrder, RankSource, fused_scores, known_ranks
+from .relevance import RelevanceMap, relevance_map
 from .results import Attribution
 
 Mode = Literal["support", "draft", "query"]
 MODES: tuple[str, ...] = ("support", "draft", "query")
 DEFAULT_ESTIMATORS = {"support": "default-support", "query": "default-query"}
 """The shipped question-row estimator of each prefill-only mode."""
-InputOrder = Literal["unknown", "retriever"]
-INPUT_ORDERS: tuple[str, ...] = ("unknown", "retriever")
-"""What the order of the input documents says: nothing (default), or the retriever's ranking, best first."""
-RankSource = Literal["metadata", "input order", "none"]
 ThresholdScale = Literal["keep", "relevance"]
 THRESHOLD_SCALES: tuple[str, ...] = ("keep", "relevance")
 """What a keep policy's ``threshold`` compares: keep scores, or calibrated relevance (0-1)."""
-RELEVANCE_FILE = Path(__file__).parent / "estimators" / "relevance.json"
-"""The shipped relevance maps and the recipe that fitted them (``benchmarks/calibration.py``)."""
-RELEVANCE_FORMAT = "at2-rag-relevance"
-RELEVANCE_FORMAT_VERSION = 1
-
-
-def standardized(scores: Sequence[float]) -> list[float]:
-    """Scores shifted to mean 0 and scaled to unit standard deviation (all 0 when they are equal),
-    so AT2 scores, meaningful only up to scale, can be added to a retriever-rank term."""
-    n = len(scores)
-    if n == 0:
-        return []
-    mean = sum(scores) / n
-    sd = math.sqrt(sum((s - mean) ** 2 for s in scores) / n)
-    return [0.0] * n if sd == 0 else [(s - mean) / sd for s in scores]
-
-
-def fused_scores(
-    scores: Sequence[float], rank_weight: float, ranks: Sequence[int] | None = None
-) -> list[float]:
-    """Keep scores: standardized AT2 scores minus ``rank_weight · log(1 + rank)``; a document's rank
-    is ``ranks[i]`` when given, else its position in the input (retriever order, best first)."""
-    if check_rank_weight(rank_weight) == 0:
-        return list(scores)
-    ranks = range(len(scores)) if ranks is None else ranks
-    bad = next((r for r in ranks if not is_rank(r)), None)
-    if bad is not None:
-        raise InputError(f"ranks must be ints from 0 to 2**53 (0 = the retriever's best), got {brief(bad)}")
-    return [z - rank_weight * math.log1p(rank) for rank, z in zip(ranks, standardized(scores))]
-
-
-def retriever_ranks(documents: Sequence[Document]) -> list[int] | None:
-    """The documents' ``retrieval_rank`` metadata when every one has a rank (an int from 0 to 2**53, as
-    ``as_documents`` requires of it), else None."""
-    ranks = [d.metadata.get(RETRIEVAL_RANK_KEY) for d in documents]
-    if all(is_rank(r) for r in ranks):
-        return ranks  # type: ignore[return-value]
-    return None
-
-
-def known_ranks(documents: Sequence[Document], input_order: InputOrder = "unknown") -> tuple[list[int] | None, RankSource]:
-    """The retriever ranks that can be trusted, and where they came from: every document's
-    ``retrieval_rank`` metadata (``"metadata"``), else the positions when the caller says the input is
-    in retriever order (``"input order"``), else none (``"none"``): an order nobody vouched for (sorted
-    by date, merged lists, hand-assembled) must not outrank what the documents say."""
-    ranks = retriever_ranks(documents)
-    if ranks is not None:
-        return ranks, "metadata"
-    if input_order == "retriever":
-        return list(range(len(documents))), "input order"
-    return None, "none"
-
-
-@dataclass(frozen=True)
-class RelevanceMap:
-    """Calibrated chance that each scored document is the one that answers: a softmax over the list of
-    ``slope · (z(score) − rank_weight · log(1 + rank))``, fitted by maximum likelihood on validation
-    questions for one estimator (named by its weights' SHA-256) with one rank weight (0: no rank).
-
-    Monotone in the keep score within a call, so a threshold on it keeps a prefix of the keep order.
-    The shares sum to 1: it assumes the list holds the answering passage, as the validation lists
-    (top-10 dense retrieval) almost always did; it cannot say that none of them answers.
-    """
-
-    estimator: str
-    weights_sha256: str
-    rank_weight: float
-    slope: float
-
-    def probabilities(self, scores: Sequence[float], ranks: Sequence[int] | None = None) -> list[float]:
-        """The chance of each document (AT2 scores ``scores``, retriever ``ranks`` when the map uses them)."""
-        if not scores:
-            return []
-        if self.rank_weight > 0 and ranks is None:
-            raise InputError("this relevance map needs the documents' retriever ranks")
-        logits = [self.slope * k for k in (
-            fused_scores(scores, self.rank_weight, ranks) if self.rank_weight > 0 else standardized(scores))]
-        top = max(logits)
-        weights = [math.exp(v - top) for v in logits]
-        total = sum(weights)
-        return [w / total for w in weights]
-
-
-def weights_fingerprint(estimator: Estimator) -> str:
-    """SHA-256 of an estimator's weights as little-endian float32: which estimator a relevance map was fitted for."""
-    return hashlib.sha256(estimator.weights.detach().cpu().numpy().astype("<f4").tobytes()).hexdigest()
-
-
-@functools.cache
-def relevance_maps(path: Path = RELEVANCE_FILE) -> tuple[RelevanceMap, ...]:
-    """The relevance maps in ``path`` (none when it does not exist), read once as JSON and checked."""
-    if not path.exists():
-        return ()
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-        if not isinstance(data, dict) or data.get("format") != RELEVANCE_FORMAT:
-            raise ValueError(f"its format is not {RELEVANCE_FORMAT!r}")
-        if data.get("format_version") != RELEVANCE_FORMAT_VERSION:
-            raise ValueError(f"format_version {data.get('format_version')!r} is not {RELEVANCE_FORMAT_VERSION}")
-        return tuple(_relevance_map(m) for m in data["maps"])
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise EstimatorError(f"{path} is not a valid relevance-map file ({exc}); reinstall at2-rag") from None
-
-
-def _relevance_map(entry: Any) -> RelevanceMap:
-    """One map entry of the relevance file, type-checked (finite numbers, a positive slope)."""
-    fields = {f.name: entry[f.name] for f in dataclasses.fields(RelevanceMap)}
-    for name in ("rank_weight", "slope"):
-        value = fields[name]
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise ValueError(f"{name} {value!r} is not a finite number")
-    if fields["slope"] <= 0 or fields["rank_weight"] < 0:
-        raise ValueError("a map needs a positive slope and a non-negative rank weight")
-    return RelevanceMap(str(fields["estimator"]), str(fields["weights_sha256"]),
-                        float(fields["rank_weight"]), float(fields["slope"]))
-
-
-def relevance_map(estimator: Estimator, rank_weight: float) -> RelevanceMap | None:
-    """The shipped map fitted for ``estimator`` with exactly this rank weight (0: no rank), else None."""
-    maps = relevance_maps()
-    if not maps:
-        return None
-    fingerprint = weights_fingerprint(estimator)
-    return next((m for m in maps if m.weights_sha256 == fingerprint
-                 and math.isclose(m.rank_weight, rank_weight, rel_tol=1e-9, abs_tol=1e-12)), None)
 
 
 @dataclass

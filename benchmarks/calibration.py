@@ -4,7 +4,7 @@ The framework components report ``relevance_score`` (LangChain) and ``node.score
 this scale, and their ``threshold`` compares it. The map is a softmax over the retrieved list of
 ``slope · keep`` where ``keep = z(AT2 score) − rank_weight · log(1 + retriever rank)`` (``rank_weight``
 0 when no rank is known): monotone in the keep score, one number per (estimator, rank weight),
-:class:`at2_rag.pruning.RelevanceMap`.
+:class:`at2_rag.relevance.RelevanceMap`.
 
 Label: the passage is the question's gold passage (NQ's annotated answering passage). Not "contains a
 reference answer": 4.4% of the non-gold validation passages contain an answer string (years, numbers,
@@ -42,14 +42,8 @@ from typing import Any
 import numpy as np
 
 from at2_rag.estimator import Estimator
-from at2_rag.pruning import (
-    RELEVANCE_FORMAT,
-    RELEVANCE_FORMAT_VERSION,
-    RelevanceMap,
-    fused_scores,
-    standardized,
-    weights_fingerprint,
-)
+from at2_rag.ranking import fused_scores, standardized
+from at2_rag.relevance import RELEVANCE_FORMAT, RELEVANCE_FORMAT_VERSION, RelevanceMap, weights_fingerprint
 from at2_rag.research.data import normalize_answer, read_jsonl
 
 SHARDS = "benchmarks/data/support-run/support/validation"

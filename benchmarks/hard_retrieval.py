@@ -176,7 +176,7 @@ def read_lists(lists_dir: str, split: str | None = None) -> tuple[dict[str, Any]
 def adaptive_scores(at2: Sequence[float], retriever: Sequence[float]) -> list[float]:
     """Keep scores of the ``adaptive`` rule: standardized AT2 scores plus standardized retriever scores
     (higher = better). The retriever's lead over the other passages, in its own spread, is its say."""
-    from at2_rag.pruning import standardized
+    from at2_rag.ranking import standardized
 
     return [a + r for a, r in zip(standardized(at2), standardized(retriever))]
 

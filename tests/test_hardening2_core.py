@@ -35,7 +35,7 @@ from at2_rag import (
 )
 from at2_rag.documents import as_documents
 from at2_rag.prompts import build_prompt, decode, encode, sentence_tokens, token_char_starts
-from at2_rag.pruning import retriever_ranks
+from at2_rag.ranking import retriever_ranks
 from at2_rag.refine import refine_attribution, refine_scores
 from at2_rag.sentences import split_sentences
 

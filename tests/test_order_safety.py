@@ -7,7 +7,7 @@ import math
 import pytest
 
 from at2_rag import Document, InputError, KeepPolicy, Pruner, fused_scores
-from at2_rag.pruning import known_ranks, standardized
+from at2_rag.ranking import known_ranks, standardized
 
 QUESTION = "In which city was Marie Curie born?"
 CURIE = "Marie Curie was born in Warsaw, Poland, in 1867."

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from at2_rag import Estimator, EstimatorError, InputError, KeepPolicy, Pruner, PruneResult
-from at2_rag.pruning import RELEVANCE_FILE, RelevanceMap, relevance_map, relevance_maps
+from at2_rag.relevance import RELEVANCE_FILE, RelevanceMap, relevance_map, relevance_maps
 
 ROOT = Path(__file__).resolve().parents[1]
 REPORT = ROOT / "benchmarks" / "out" / "calibration.json"

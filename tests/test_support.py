@@ -16,7 +16,7 @@ from at2_rag.ablation import logit_prob
 from at2_rag.attributor import CONTENT_FREE_QUESTION
 from at2_rag.errors import EstimatorError
 from at2_rag.prompts import encode
-from at2_rag.pruning import standardized
+from at2_rag.ranking import standardized
 from at2_rag.research.ablation_data import build_support_record, generate_support_data, support_documents
 from at2_rag.research.data import write_jsonl
 from at2_rag.research.fitting import fit_estimator, make_instances, mask_predictions, pearson_loss
@@ -224,7 +224,7 @@ def test_bar_fractions_scale_keep_scores_and_keep_scores_default_to_scores():
 
 def test_retrieval_rank_metadata_replaces_the_input_order(attributor):
     from at2_rag import Document
-    from at2_rag.pruning import retriever_ranks
+    from at2_rag.ranking import retriever_ranks
 
     texts = [d["text"] for d in DOCS]
     ranked = [Document(text=t, metadata={"retrieval_rank": r}) for r, t in enumerate(texts)]

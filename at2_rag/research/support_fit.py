@@ -5,7 +5,7 @@ Support shards (:func:`~at2_rag.research.ablation_data.generate_support_data`) h
 features and reference-answer ablation targets per (example, k, order). The weights are fitted with
 and without content-free calibration; the variant with the higher Pearson correlation on the
 held-out records is kept. A logistic model of "is the gold document" on (z-scored score,
-log(1 + retriever rank)) then gives the rank weight :func:`at2_rag.pruning.fused_scores` uses.
+log(1 + retriever rank)) then gives the rank weight :func:`at2_rag.ranking.fused_scores` uses.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from ..errors import InputError
-from ..pruning import standardized
+from ..ranking import standardized
 from .fitting import fit_estimator, make_instances, mask_predictions, pearson_loss
 
 Record = tuple[dict[str, torch.Tensor], dict[str, Any]]
