@@ -102,18 +102,15 @@ def signals(args) -> None:
 
 def run(args) -> None:
     import torch
-    from pruning_eval import done_ids
+    from pruning_eval import pending_questions
     from readers import answer_ids_batched
 
     from at2_rag import RETRIEVAL_RANK_KEY, AT2Attributor, Estimator, KeepPolicy, fused_scores
     from at2_rag.research.ablation_data import support_documents
-    from at2_rag.research.data import is_correct, read_jsonl
+    from at2_rag.research.data import is_correct
 
     torch.manual_seed(0)
-    examples = [e for e in read_jsonl(args.data, split=args.split) if e.get("gold_rank") is not None][: args.limit]
-    done = done_ids(args.out)
-    todo = [e for e in examples if e["id"] not in done]
-    print(f"{len(examples)} {args.split} questions; {len(done)} done, {len(todo)} to go", flush=True)
+    todo = pending_questions(args.data, args.split, args.limit, args.out)
     if not todo:
         return
     proxy = AT2Attributor.from_pretrained("default", max_new_tokens=32)
@@ -182,7 +179,8 @@ def run(args) -> None:
 
 def summary(path: str, out_json: str | None) -> dict:
     """Accuracy, gold-kept rate and token share per order, method and budget, with paired sign tests
-    of every method against ``proxy_default`` and ``retriever`` at the same budget."""
+    of every method against ``proxy_default``, ``retriever`` and ``reader_uniform`` at the same budget,
+    and against the full context."""
     rows = [json.loads(line) for line in open(path) if line.strip()]
     result = {"questions": len(rows), "reader": rows[0]["reader"] if rows else None, "orders": {},
               "gold": sum(r["gold"]["correct"] for r in rows) / max(len(rows), 1)}
@@ -198,9 +196,10 @@ def summary(path: str, out_json: str | None) -> dict:
                 entry["gold_kept"] = sum(g["gold_kept"] for g in got) / len(got)
             if "correct" in got[0]:
                 entry["accuracy"] = sum(g["correct"] for g in got) / len(got)
-                for ref in ("proxy_default", "retriever", "reader_uniform"):
-                    other = f"{ref}@{m.split('@')[1]}" if "@" in m else None
-                    if other and other != m and "correct" in methods.get(other, {}):
+                budget = m.split("@")[1] if "@" in m else None
+                others = {ref: f"{ref}@{budget}" for ref in ("proxy_default", "retriever", "reader_uniform")}
+                for ref, other in {**others, "full": "full"}.items():
+                    if budget and other != m and "correct" in methods.get(other, {}):
                         wins = sum(a["correct"] and not r["orders"][order]["methods"][other]["correct"]
                                    for a, r in zip(got, rs))
                         losses = sum(r["orders"][order]["methods"][other]["correct"] and not a["correct"]

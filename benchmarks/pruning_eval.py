@@ -48,6 +48,18 @@ def done_ids(path: str) -> set[str]:
         return {json.loads(line)["id"] for line in fh if line.strip()}
 
 
+def pending_questions(data: str, split: str, limit: int, out: str) -> list[dict]:
+    """The first ``limit`` questions of ``split`` whose retrieved list holds a gold passage, less those the
+    resumable rows file ``out`` already holds (the counts printed)."""
+    from at2_rag.research.data import read_jsonl
+
+    examples = [e for e in read_jsonl(data, split=split) if e.get("gold_rank") is not None][:limit]
+    done = done_ids(out)
+    todo = [e for e in examples if e["id"] not in done]
+    print(f"{len(examples)} {split} questions; {len(done)} done, {len(todo)} to go", flush=True)
+    return todo
+
+
 def load_gpu(run_dir: str):
     readers, drafts = {}, {}
     with open(os.path.join(run_dir, "readers.jsonl")) as fh:
