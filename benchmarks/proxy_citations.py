@@ -139,6 +139,8 @@ def summary(path: str, out_json: str | None) -> dict:
 
 
 def main() -> None:
+    from pruning_eval import run_or_summarise
+
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default="data/nq_rag.jsonl.gz")
     ap.add_argument("--reader", default="qwen2.5-coder-0.5b", help="the larger model that answers (a fetched name)")
@@ -147,13 +149,7 @@ def main() -> None:
     ap.add_argument("--max-new-tokens", type=int, default=32)
     ap.add_argument("--batch-size", type=int, default=6)
     ap.add_argument("--out", default="benchmarks/out/proxy-citations-0.5b-test.jsonl")
-    ap.add_argument("--summary", default=None, help="summarise this rows file instead of running")
-    ap.add_argument("--json", default=None)
-    args = ap.parse_args()
-    if args.summary:
-        summary(args.summary, args.json)
-    else:
-        run(args)
+    run_or_summarise(ap, run, summary)
 
 
 if __name__ == "__main__":

@@ -60,6 +60,18 @@ def pending_questions(data: str, split: str, limit: int, out: str) -> list[dict]
     return todo
 
 
+def run_or_summarise(ap: argparse.ArgumentParser, run, summary) -> None:
+    """A resumable benchmark's entry point: ``--summary ROWS [--json OUT]`` summarises a rows file,
+    anything else runs (``run(args)``)."""
+    ap.add_argument("--summary", default=None, help="summarise this rows file instead of running")
+    ap.add_argument("--json", default=None, help="with --summary: write the summary here as JSON")
+    args = ap.parse_args()
+    if args.summary:
+        summary(args.summary, args.json)
+    else:
+        run(args)
+
+
 def load_gpu(run_dir: str):
     readers, drafts = {}, {}
     with open(os.path.join(run_dir, "readers.jsonl")) as fh:

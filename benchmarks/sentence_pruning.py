@@ -147,19 +147,15 @@ def summary(path: str, out_json: str | None) -> dict:
 
 
 def main() -> None:
+    from pruning_eval import run_or_summarise
+
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default="data/nq_rag.jsonl.gz")
     ap.add_argument("--split", default="validation", choices=["validation", "test"])
     ap.add_argument("--limit", type=int, default=100)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--out", default="benchmarks/out/sentence-pruning-validation.jsonl")
-    ap.add_argument("--summary", default=None, help="summarise this rows file instead of running")
-    ap.add_argument("--json", default=None)
-    args = ap.parse_args()
-    if args.summary:
-        summary(args.summary, args.json)
-    else:
-        run(args)
+    run_or_summarise(ap, run, summary)
 
 
 if __name__ == "__main__":
