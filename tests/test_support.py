@@ -318,3 +318,11 @@ def test_fit_support_keeps_the_calibration_that_predicts_held_out_targets_better
     assert report["holdout_pearson"] == pytest.approx(support_pearson(weights, recs[30:], True))
     assert report["holdout_pearson"] > report["holdout_pearson_other_calibration"]
     assert report["holdout_pearson"] > 0.8 and report["holdout_gold_records"] == 10
+
+
+def test_the_sentence_policy_keeps_each_documents_two_best_sentences():
+    from at2_rag import SENTENCE_POLICY
+
+    # Chosen on validation (RESULTS.md §14): the two best, whatever their weight relative to the best.
+    assert sorted(SENTENCE_POLICY.select([0.1, 0.9, 0.05, 0.2])) == [1, 3]
+    assert SENTENCE_POLICY.select([-1.0]) == [0]  # a kept document never loses every sentence

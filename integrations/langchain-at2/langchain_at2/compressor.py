@@ -104,8 +104,8 @@ class AT2DocumentCompressor(LocalModelFields, BaseDocumentCompressor):
     """Also drop the unused sentences inside kept documents, keeping those this policy selects among
     each document's own sentences (None: whole documents, unless ``sentence_level``)."""
     sentence_level: bool = False
-    """Shorthand: ``True`` without a ``sentence_policy`` uses ``at2_rag.SENTENCE_POLICY`` (sentences
-    with at least half the weight of the document's strongest one)."""
+    """Shorthand: ``True`` without a ``sentence_policy`` uses ``at2_rag.SENTENCE_POLICY`` (each
+    document's two best sentences)."""
     query_estimator: str | None = "default"
     """Estimator for the support and query modes: ``"default"`` (the mode's shipped one), a path, or
     None (uniform)."""

@@ -94,8 +94,8 @@ class AT2Postprocessor(BaseNodePostprocessor):
     )
     sentence_level: bool = Field(
         default=False,
-        description="Shorthand: True without a sentence_policy uses at2_rag.SENTENCE_POLICY (sentences with "
-        "at least half the weight of the node's strongest one); set to True when a sentence_policy is given.",
+        description="Shorthand: True without a sentence_policy uses at2_rag.SENTENCE_POLICY (each node's two "
+        "best sentences); set to True when a sentence_policy is given.",
     )
     max_new_tokens: Optional[Count] = Field(
         default=None, gt=0, description="Draft length in draft mode (None: the attributor's default)."
@@ -349,5 +349,5 @@ def _from_sentence_relative(value: float, kwargs: Dict[str, Any]) -> Optional[Ke
     )
     if kwargs.get("sentence_policy") is not None:
         raise ValueError("pass sentence_policy or the deprecated sentence_relative, not both")
-    policy = keep_policy(relative=value, default=SENTENCE_POLICY)  # validated even when ignored
+    policy = keep_policy(relative=value, default=KeepPolicy(min_keep=1))  # validated even when ignored
     return policy if on else None
