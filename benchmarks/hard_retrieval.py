@@ -45,7 +45,8 @@ of the first 215). Add ``--device cuda`` to run the model on a GPU. Cost on a bu
 one thread), from 3-question runs: 350-490 s a validation question and 180-410 s a test question (22-29
 distinct contexts answered per question); one test question rerun on a quieter machine: 204 s, of which
 42 s scoring (five prefills) and 162 s answering 22 contexts (the five full contexts, 1,300-3,000 tokens,
-dominate). So about 17 h for 150 validation and 15-20 h for 220 test questions on such a CPU; both
+dominate). Validation questions therefore skip the full contexts (choosing a weight never needs
+them): roughly 80-150 s a question, 4-6 h for 150 on such a CPU; 15-20 h for 220 test questions; both
 resume where they stopped. The rerun gave the same scores and all 65 answers unchanged.
 """
 
@@ -248,7 +249,8 @@ def question_row(att, estimator, q: dict[str, Any], nq: dict[str, Any], passages
                  ) -> dict[str, Any]:
     """One question's row: per condition whose list holds the gold passage, the support scores of its
     passages (one prefill, retriever order, ranks in metadata), what each method keeps and the reader's
-    answer to it. ``answer(prompts)`` answers a list of token-id prompts; each distinct context once."""
+    answer to it (the full context on test questions only). ``answer(prompts)`` answers a list of token-id
+    prompts; each distinct context once."""
     from at2_rag import RETRIEVAL_RANK_KEY
     from at2_rag.errors import InputError
     from at2_rag.research.ablation_data import support_documents
@@ -274,7 +276,8 @@ def question_row(att, estimator, q: dict[str, Any], nq: dict[str, Any], passages
             tokens[src.document] += src.token_end - src.token_start
         kept = {f"{m}@{n}": idx for (n, m), idx in
                 keep_sets(at2, lst["scores"], rank_weight, grid=grid, tuned=tuned.get(cond)).items()}
-        kept[f"full@{len(docs)}"] = list(range(len(docs)))
+        if q["split"] == "test":  # validation only chooses weights: the full context's answer is not needed
+            kept[f"full@{len(docs)}"] = list(range(len(docs)))
         for key, idx in kept.items():
             contexts[(cond, key)] = tuple(lst["ids"][i] for i in idx)
         row["conditions"][cond] = {"k": len(docs), "gold_rank": lst["gold_rank"], "tokens": tokens,

@@ -184,6 +184,9 @@ def test_validation_stage_adds_the_weight_grid(hr, nq_file, tmp_path, monkeypatc
     row = json.loads(out.read_text())
     assert row["grid"] == {"w=0": 0.0, "w=0.5": 0.5, "w=1": 1.0, "w=2": 2.0, "w=3.19": 3.19, "w=5": 5.0}
     assert "w=0.5@2" in row["conditions"]["bm25-k10"]["methods"]
+    # Choosing a weight never needs the full context: validation rows skip its (long) answer.
+    assert not any(m.startswith("full@") for c in row["conditions"].values() for m in c["methods"])
+    assert "full" not in hr.summary(str(out), None)["conditions"]["bm25-k10"]["budgets"]
 
 
 def _m(correct: bool, tokens: int = 10, gold: bool | None = None) -> dict:
