@@ -46,7 +46,7 @@ one thread), from 3-question runs: 350-490 s a validation question and 180-410 s
 distinct contexts answered per question); one test question rerun on a quieter machine: 204 s, of which
 42 s scoring (five prefills) and 162 s answering 22 contexts (the five full contexts, 1,300-3,000 tokens,
 dominate). Validation questions therefore skip the full contexts (choosing a weight never needs
-them): roughly 80-150 s a question, 4-6 h for 150 on such a CPU; 15-20 h for 220 test questions; both
+them): an estimated 80-150 s a question, 4-6 h for 150 on such a CPU (not yet timed); 15-20 h for 220 test questions; both
 resume where they stopped. The rerun gave the same scores and all 65 answers unchanged.
 """
 
