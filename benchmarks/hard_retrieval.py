@@ -41,13 +41,12 @@ rate, then to the weight nearest the fitted one.
         --json benchmarks/out/hard-retrieval-test.json
 
 ``--limit 220`` test questions give at least 200 per condition (bm25-k10 holds the gold passage for 201
-of the first 215). Add ``--device cuda`` to run the model on a GPU. Cost on a busy 2-core CPU (float32,
-one thread), from 3-question runs: 350-490 s a validation question and 180-410 s a test question (22-29
-distinct contexts answered per question); one test question rerun on a quieter machine: 204 s, of which
-42 s scoring (five prefills) and 162 s answering 22 contexts (the five full contexts, 1,300-3,000 tokens,
-dominate). Validation questions therefore skip the full contexts (choosing a weight never needs
-them): an estimated 80-150 s a question, 4-6 h for 150 on such a CPU (not yet timed); 15-20 h for 220 test questions; both
-resume where they stopped. The rerun gave the same scores and all 65 answers unchanged.
+of the first 215). Add ``--device cuda`` to run the model on a GPU. Cost on the 2-core CPU (float32):
+150 validation questions took 1.7 h (median 39 s a question, 18 s of it scoring; validation skips the
+full contexts, which choosing a weight never needs). A test question answers 22-29 distinct contexts,
+the five full ones (1,300-3,000 tokens) included; answers are batched under a token budget
+(``BATCH_TOKENS``), which halves their cost against a row cap alone. Both stages resume where they
+stopped; a rerun gives the same scores and answers.
 """
 
 from __future__ import annotations
@@ -77,6 +76,10 @@ split with MiniLM ranks)."""
 BASELINES = ("retriever", "at2_only")
 """The methods every other method is paired against in the summary."""
 LISTS_FORMAT = 1
+BATCH_TOKENS = 2048
+"""Answers are batched while rows × longest prompt ≤ this, so short contexts are not padded to a full
+context's length (1,300-3,000 tokens): 0.52× the time of a row cap of 8 alone, same answers, 32 prompts of
+3 test questions; 4,096 measured 0.53×, one prompt at a time 0.58× (``benchmarks/answer_batching.py``)."""
 
 
 # -- lists -------------------------------------------------------------------------------------------
@@ -326,7 +329,7 @@ def run(args) -> None:
     grid = tuple(sorted({*GRID, rank_weight})) if args.stage == "validation" else ()
 
     def answer(prompts):
-        return answer_ids_batched(att, prompts, batch_size=args.batch_size)
+        return answer_ids_batched(att, prompts, batch_size=args.batch_size, max_batch_tokens=args.batch_tokens or None)
 
     for q in todo:
         t0 = time.perf_counter()
@@ -434,7 +437,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--lists-summary", default=LISTS_SUMMARY)
     ap.add_argument("--limit", type=int, default=None, help="the first N questions of the split")
     ap.add_argument("--weights", default=None, help="test: the validation summary JSON whose chosen weights to use")
-    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--batch-size", type=int, default=8, help="answers: rows per padded batch")
+    ap.add_argument("--batch-tokens", type=int, default=BATCH_TOKENS,
+                    help="answers: rows × longest prompt per batch at most this (0: rows only)")
     ap.add_argument("--device", default="cpu", help="validation/test: where the 135M model runs (cpu, cuda)")
     ap.add_argument("--out", default=None, help="validation/test: the rows file (appended; resumable)")
     ap.add_argument("--summary", default=None, help="a rows file to summarize")

@@ -2,7 +2,7 @@
 
 The answers are those :meth:`AT2Attributor.generate` gives for the same prompt (same greedy settings,
 same header-echo suppression, same stop-token handling); batching only makes a benchmark of
-thousands of answers affordable on a GPU. ``tests/test_benchmark_readers.py`` checks the equality.
+thousands of answers affordable on a GPU. ``tests/test_outcomes.py`` checks that batching does not change them.
 """
 
 from __future__ import annotations

@@ -135,8 +135,8 @@ def test_stage_rows_resume_and_refuse_another_split(hr, nq_file, tmp_path, monke
     fake = FakeAttributor()
     calls = []
 
-    def answers(att, prompts, batch_size=8):
-        calls.append(len(prompts))
+    def answers(att, prompts, batch_size=8, max_batch_tokens=None):
+        calls.append((len(prompts), batch_size, max_batch_tokens))
         return [att.first_text[tuple(p)] for p in prompts]
 
     monkeypatch.setattr(AT2Attributor, "from_pretrained", classmethod(lambda cls, **kw: fake))
@@ -151,7 +151,7 @@ def test_stage_rows_resume_and_refuse_another_split(hr, nq_file, tmp_path, monke
     assert out.read_text().startswith(first) and [r["id"] for r in rows] == ["q8", "q10"]
     assert len(fake.scored) == 10  # the second run scored only the new question
     row = rows[0]
-    assert row["grid"] == {} and row["rank_weight"] == 3.19 and calls[0] == row["distinct_contexts"]
+    assert row["grid"] == {} and row["rank_weight"] == 3.19 and calls[0] == (row["distinct_contexts"], 8, hr.BATCH_TOKENS)
     for cond, c in row["conditions"].items():
         assert set(c["methods"]) == {f"{m}@{n}" for m in ("default", "at2_only", "retriever", "adaptive")
                                      for n in (1, 2, 3)} | {f"full@{c['k']}"}
@@ -177,7 +177,7 @@ def test_validation_stage_adds_the_weight_grid(hr, nq_file, tmp_path, monkeypatc
     hr.build(str(nq_file), str(tmp_path / "lists"), str(tmp_path / "lists.json"), None, HashEmbedder())
     fake = FakeAttributor()
     monkeypatch.setattr(AT2Attributor, "from_pretrained", classmethod(lambda cls, **kw: fake))
-    monkeypatch.setattr(readers, "answer_ids_batched", lambda att, p, batch_size=8: [att.first_text[tuple(x)] for x in p])
+    monkeypatch.setattr(readers, "answer_ids_batched", lambda att, p, batch_size=8, max_batch_tokens=None: [att.first_text[tuple(x)] for x in p])
     out = tmp_path / "val.jsonl"
     hr.main(["--stage", "validation", "--source", str(nq_file), "--lists", str(tmp_path / "lists"),
              "--out", str(out), "--limit", "1"])

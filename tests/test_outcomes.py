@@ -15,7 +15,7 @@ from at2_rag.ablation import answer_token_logprobs, random_masks
 from at2_rag.errors import InputError
 from at2_rag.refine import ablation_masks, refine_scores
 from at2_rag.research.data import write_jsonl
-from at2_rag.research.engine import ablated_passes, answer_logprobs
+from at2_rag.research.engine import ablated_passes, answer_logprobs, batched_answers, length_batches
 from at2_rag.research.evaluation.methods import evaluation_seed
 from at2_rag.research.evaluation.offline import (
     at2,
@@ -65,6 +65,33 @@ def test_engine_equals_one_pass_at_a_time(setup):
     for i, ids in enumerate(answers):
         ref = answer_token_logprobs(att.model, prompt, ids, masks, batch_size=1)
         torch.testing.assert_close(torch.stack(got[i * 6 : (i + 1) * 6]), ref, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("budget", [None, 1, 25, 60, 1000])
+@pytest.mark.parametrize("max_batch", [1, 3, 8])
+def test_length_batches_cut_sorted_lengths_greedily_under_both_limits(budget, max_batch):
+    lengths = [7, 30, 2, 12, 12, 5, 40, 9, 30, 1, 18]
+    batches = length_batches(lengths, max_batch=max_batch, max_batch_tokens=budget)
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))  # each index once
+    flat = [lengths[i] for b in batches for i in b]
+    assert flat == sorted(lengths)  # shortest first, batches consecutive
+    for b, nxt in zip(batches, batches[1:] + [None]):
+        rows, longest = len(b), max(lengths[i] for i in b)
+        assert rows <= max_batch
+        assert rows == 1 or budget is None or rows * longest <= budget
+        if nxt is not None:  # greedy: the next one would break a limit
+            assert rows == max_batch or (budget is not None and (rows + 1) * lengths[nxt[0]] > budget)
+
+
+def test_batched_answers_do_not_depend_on_how_prompts_are_batched(setup):
+    att, _, examples = setup
+    prompts = [att.prompt(ex["question"], ex["documents"][:n]).input_ids
+               for ex, n in zip(list(examples.values())[:6], [4, 1, 3, 1, 2, 4])]
+    one_by_one = batched_answers(att, prompts, max_new_tokens=5, batch_size=1)
+    assert batched_answers(att, prompts, max_new_tokens=5, batch_size=8) == one_by_one
+    budget = 2 * max(len(p) for p in prompts)  # mixed lengths: several batches of unequal rows
+    assert len(length_batches([len(p) for p in prompts], max_batch=8, max_batch_tokens=budget)) > 1
+    assert batched_answers(att, prompts, max_new_tokens=5, batch_size=8, max_batch_tokens=budget) == one_by_one
 
 
 def test_masks_round_trip_through_their_packed_text():

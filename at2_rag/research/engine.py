@@ -39,6 +39,26 @@ def ablated_passes(prompt: Prompt, answer_ids: Sequence[int], masks: torch.Tenso
     return [AblatedPass(ids, row, len(answer_ids)) for row in keep]
 
 
+def length_batches(lengths: Sequence[int], *, max_batch: int, max_batch_tokens: int | None = None) -> list[list[int]]:
+    """Indices of ``lengths`` sorted by length and cut into batches of at most ``max_batch`` rows with
+    ``rows × longest ≤ max_batch_tokens`` (a lone longer one gets a batch of its own; ``None``: rows only).
+
+    The one batching rule of padded passes: the budget bounds the padded work (every row is as long as
+    the longest) and the memory of a batch.
+    """
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    batches: list[list[int]] = []
+    lo = 0
+    while lo < len(order):
+        hi = lo + 1
+        while (hi < len(order) and hi - lo < max_batch
+               and (max_batch_tokens is None or (hi - lo + 1) * lengths[order[hi]] <= max_batch_tokens)):
+            hi += 1
+        batches.append(order[lo:hi])
+        lo = hi
+    return batches
+
+
 @torch.inference_mode()
 def answer_logprobs(
     model, passes: Sequence[AblatedPass], *, max_batch_tokens: int = 16384, max_batch: int = 256
@@ -51,17 +71,9 @@ def answer_logprobs(
     if any(p.answer_tokens < 1 for p in passes):
         raise ValueError("every pass needs at least one answer token")
     device = next(model.parameters()).device
-    order = sorted(range(len(passes)), key=lambda i: len(passes[i].input_ids))
     pending: list[tuple[list[int], torch.Tensor]] = []
-    lo = 0
-    while lo < len(order):
-        hi = lo + 1
-        while (hi < len(order) and hi - lo < max_batch
-               and (hi - lo + 1) * len(passes[order[hi]].input_ids) <= max_batch_tokens):
-            hi += 1
-        idx = order[lo:hi]
+    for idx in length_batches([len(p.input_ids) for p in passes], max_batch=max_batch, max_batch_tokens=max_batch_tokens):
         pending.append((idx, _batch_logprobs(model, [passes[i] for i in idx], device)))
-        lo = hi
     out: list[torch.Tensor] = [torch.empty(0)] * len(passes)
     for idx, logp in pending:
         logp = logp.cpu()  # one host sync per batch, after every batch was queued
@@ -100,16 +112,19 @@ def batched_answers(
     *,
     max_new_tokens: int = 32,
     batch_size: int = 32,
+    max_batch_tokens: int | None = None,
     progress: bool = False,
 ) -> list[str]:
-    """Greedy answers to token-id prompts, batched with left padding (shortest prompts together).
+    """Greedy answers to token-id prompts, batched with left padding (shortest prompts together; at most
+    ``batch_size`` rows and, when given, ``rows × longest prompt ≤ max_batch_tokens``).
 
     Same settings as :meth:`AT2Attributor.generate` (greedy, header-echo suppression, stop tokens);
-    batching may differ from one-by-one generation only by float rounding.
+    batching may differ from one-by-one generation only by float rounding. On a CPU the token budget
+    pays where prompt lengths are mixed: every row of a batch is prefilled at the longest one's length.
     """
     from tqdm.auto import tqdm
 
-    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    batches = length_batches([len(p) for p in prompts], max_batch=batch_size, max_batch_tokens=max_batch_tokens)
     answers: list[str] = [""] * len(prompts)
     pad = att.pad_token_id()
     pad = 0 if pad is None else pad
@@ -119,8 +134,7 @@ def batched_answers(
     }
     if att.suppress_header_echo:
         kwargs["begin_suppress_tokens"] = att.header_start_tokens()
-    for lo in tqdm(range(0, len(order), batch_size), desc="answers", disable=not progress):
-        idx = order[lo : lo + batch_size]
+    for idx in tqdm(batches, desc="answers", disable=not progress):
         width = max(len(prompts[i]) for i in idx)
         ids = torch.tensor([[pad] * (width - len(prompts[i])) + list(prompts[i]) for i in idx])
         mask = torch.tensor([[0] * (width - len(prompts[i])) + [1] * len(prompts[i]) for i in idx])
@@ -132,4 +146,4 @@ def batched_answers(
     return answers
 
 
-__all__ = ["AblatedPass", "ablated_passes", "answer_logprobs", "batched_answers"]
+__all__ = ["AblatedPass", "ablated_passes", "answer_logprobs", "batched_answers", "length_batches"]
