@@ -26,6 +26,10 @@ them, greedily (one answer per distinct context; rows appended per question, so 
 - ``tuned``     (test, with ``--weights``) fusion at the weight chosen on validation;
 - ``full``      all k passages in retriever order.
 
+``--reader NAME`` (a fetched model, e.g. ``qwen2.5-coder-0.5b``) answers from the kept passages instead of
+the scorer, the setting of a small model pruning for a bigger reader; the 135M model still scores. Rows
+name their reader; a rows file holds one reader's rows.
+
 ``--summary ROWS`` prints accuracy, gold-kept rate and token share per condition and budget, paired
 two-sided sign tests of every method against ``retriever`` and ``at2_only``, and (validation) the
 weight chosen per condition: highest mean accuracy over the budgets, ties to the higher gold-kept
@@ -76,6 +80,8 @@ split with MiniLM ranks)."""
 BASELINES = ("retriever", "at2_only")
 """The methods every other method is paired against in the summary."""
 LISTS_FORMAT = 1
+DEFAULT_READER = "default"
+"""Rows answered by the scorer itself (the bundled 135M model) name this reader; older rows name none."""
 BATCH_TOKENS = 2048
 """Answers are batched while rows × longest prompt ≤ this, so short contexts are not padded to a full
 context's length (1,300-3,000 tokens): 0.52× the time of a row cap of 8 alone, same answers, 32 prompts of
@@ -221,9 +227,9 @@ def keep_sets(
 
 # -- the pruning evaluation ----------------------------------------------------------------------------
 
-def done_ids(path: str, split: str) -> set[str]:
+def done_ids(path: str, split: str, reader: str = DEFAULT_READER) -> set[str]:
     """Ids of the questions a rows file already holds (none when it does not exist); rows of another
-    split mean the wrong file."""
+    split or answered by another reader (rows without one: the scorer) mean the wrong file."""
     from at2_rag.errors import InputError
 
     if not os.path.exists(path):
@@ -235,6 +241,9 @@ def done_ids(path: str, split: str) -> set[str]:
                 row = json.loads(line)
                 if row["split"] != split:
                     raise InputError(f"{path} holds {row['split']} rows; pass another --out for the {split} stage")
+                if row.get("reader", DEFAULT_READER) != reader:
+                    raise InputError(f"{path} holds rows answered by {row.get('reader', DEFAULT_READER)}; "
+                                     f"pass another --out for reader {reader}")
                 done.add(row["id"])
     return done
 
@@ -248,8 +257,8 @@ def chosen_weights(path: str | None) -> dict[str, float]:
 
 
 def question_row(att, estimator, q: dict[str, Any], nq: dict[str, Any], passages: dict[str, dict[str, str]],
-                 answer, *, rank_weight: float, grid: Sequence[float] = (), tuned: dict[str, float] | None = None
-                 ) -> dict[str, Any]:
+                 answer, *, rank_weight: float, grid: Sequence[float] = (), tuned: dict[str, float] | None = None,
+                 reader=None, reader_name: str = DEFAULT_READER) -> dict[str, Any]:
     """One question's row: per condition whose list holds the gold passage, the support scores of its
     passages (one prefill, retriever order, ranks in metadata), what each method keeps and the reader's
     answer to it (the full context on test questions only). ``answer(prompts)`` answers a list of token-id
@@ -261,8 +270,9 @@ def question_row(att, estimator, q: dict[str, Any], nq: dict[str, Any], passages
 
     tuned = tuned or {}
     t0 = time.perf_counter()
+    reader = reader or att
     row: dict[str, Any] = {"id": q["id"], "split": q["split"], "question": nq["question"], "answers": nq["answers"],
-                           "rank_weight": rank_weight, "grid": {weight_name(w): w for w in grid}, "conditions": {}}
+                           "reader": reader_name, "rank_weight": rank_weight, "grid": {weight_name(w): w for w in grid}, "conditions": {}}
     contexts: dict[tuple[str, str], tuple[str, ...]] = {}  # (condition, method@budget) -> passage ids
     for cond, lst in q["lists"].items():
         if lst["gold_rank"] is None:
@@ -289,7 +299,7 @@ def question_row(att, estimator, q: dict[str, Any], nq: dict[str, Any], passages
     prompts: dict[tuple[str, ...], list[int]] = {}
     for ids in contexts.values():
         if ids not in prompts:
-            prompts[ids] = list(att.prompt(nq["question"], [passages[i] for i in ids]).input_ids)
+            prompts[ids] = list(reader.prompt(nq["question"], [passages[i] for i in ids]).input_ids)
     answers = dict(zip(prompts, answer(list(prompts.values()))))
     for (cond, key), ids in contexts.items():
         c = row["conditions"][cond]
@@ -319,7 +329,8 @@ def run(args) -> None:
     by_id = {r["id"]: r for r in rows}
     passages = {p["id"]: p for p in pool}
     questions = [q for q in lists if any(c["gold_rank"] is not None for c in q["lists"].values())][: args.limit]
-    done = done_ids(args.out, args.stage)
+    reader_name = args.reader or DEFAULT_READER
+    done = done_ids(args.out, args.stage, reader_name)
     todo = [q for q in questions if q["id"] not in done]
     tuned = chosen_weights(args.weights)
     print(f"{len(questions)} {args.stage} questions; {len(done)} done, {len(todo)} to go", flush=True)
@@ -327,14 +338,15 @@ def run(args) -> None:
     est = att.query_estimator("default-support")
     rank_weight = est.rank_weight
     grid = tuple(sorted({*GRID, rank_weight})) if args.stage == "validation" else ()
+    reader = AT2Attributor.from_pretrained(args.reader, max_new_tokens=32, device=args.device) if args.reader else att
 
     def answer(prompts):
-        return answer_ids_batched(att, prompts, batch_size=args.batch_size, max_batch_tokens=args.batch_tokens or None)
+        return answer_ids_batched(reader, prompts, batch_size=args.batch_size, max_batch_tokens=args.batch_tokens or None)
 
     for q in todo:
         t0 = time.perf_counter()
         row = question_row(att, est, q, by_id[q["id"]], passages, answer, rank_weight=rank_weight, grid=grid,
-                           tuned=tuned)
+                           tuned=tuned, reader=reader, reader_name=reader_name)
         row["seconds"] = round(time.perf_counter() - t0, 1)
         with open(args.out, "a") as fh:
             fh.write(json.dumps(row, ensure_ascii=False) + "\n")
@@ -356,7 +368,13 @@ def summarize(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Per condition and budget: each method's accuracy, gold-kept rate and token share, paired against
     the baselines; with weight-grid rows, the weight chosen per condition."""
     conds = list(dict.fromkeys(c for r in rows for c in r["conditions"]))
-    result: dict[str, Any] = {"questions": len(rows), "conditions": {}}
+    from at2_rag.errors import InputError
+
+    readers = sorted({r.get("reader", DEFAULT_READER) for r in rows})
+    if len(readers) > 1:
+        raise InputError(f"rows answered by several readers ({', '.join(readers)}); summarize one reader's rows at a time")
+    result: dict[str, Any] = {"questions": len(rows), "reader": readers[0] if readers else DEFAULT_READER,
+                              "conditions": {}}
     for cond in conds:
         rs = [r["conditions"][cond] for r in rows if cond in r["conditions"]]
         ms = [r["methods"] for r in rs]
@@ -401,7 +419,8 @@ def _choose_weights(result: dict[str, Any], grid: dict[str, float], fitted: floa
 
 
 def print_summary(result: dict[str, Any]) -> None:
-    print(f"{result['questions']} questions (paired: wins-losses, two-sided sign-test p)")
+    print(f"{result['questions']} questions, reader {result.get('reader', DEFAULT_READER)} "
+          "(paired: wins-losses, two-sided sign-test p)")
     for cond, entry in result["conditions"].items():
         print(f"\n{cond}: {entry['n']} questions with the gold passage in the list")
         for budget, methods in entry["budgets"].items():
@@ -440,6 +459,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--batch-size", type=int, default=8, help="answers: rows per padded batch")
     ap.add_argument("--batch-tokens", type=int, default=BATCH_TOKENS,
                     help="answers: rows × longest prompt per batch at most this (0: rows only)")
+    ap.add_argument("--reader", default=None,
+                    help="validation/test: a fetched model name that answers instead of the scorer (e.g. qwen2.5-coder-0.5b)")
     ap.add_argument("--device", default="cpu", help="validation/test: where the 135M model runs (cpu, cuda)")
     ap.add_argument("--out", default=None, help="validation/test: the rows file (appended; resumable)")
     ap.add_argument("--summary", default=None, help="a rows file to summarize")

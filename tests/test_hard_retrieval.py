@@ -266,6 +266,51 @@ def test_done_ids(hr, tmp_path):
         hr.done_ids(str(path), "validation")
 
 
+def test_rows_of_another_reader_mean_another_file(hr, tmp_path):
+    path = tmp_path / "rows.jsonl"
+    path.write_text(json.dumps({"id": "a", "split": "test"}) + "\n")  # rows before readers were recorded
+    assert hr.done_ids(str(path), "test") == {"a"} == hr.done_ids(str(path), "test", hr.DEFAULT_READER)
+    with pytest.raises(InputError, match="answered by default; pass another --out for reader qwen"):
+        hr.done_ids(str(path), "test", "qwen")
+    rows = synthetic_rows()
+    rows[0]["reader"] = "qwen"
+    with pytest.raises(InputError, match="several readers"):
+        hr.summarize(rows)
+    assert hr.summarize(synthetic_rows())["reader"] == hr.DEFAULT_READER
+
+
+def test_a_reader_answers_from_the_kept_passages_the_scorer_chose(hr, nq_file, tmp_path, monkeypatch):
+    import readers
+
+    from at2_rag import AT2Attributor
+
+    hr.build(str(nq_file), str(tmp_path / "lists"), str(tmp_path / "lists.json"), None, HashEmbedder())
+    scorer, reader = FakeAttributor(), FakeAttributor()
+    loaded = []
+
+    def load(cls, model="default", **kw):
+        loaded.append(model)
+        return reader if model == "big" else scorer
+
+    answered_by = []
+
+    def answers(att, prompts, batch_size=8, max_batch_tokens=None):
+        answered_by.append(att)
+        return [att.first_text[tuple(p)] for p in prompts]
+
+    monkeypatch.setattr(AT2Attributor, "from_pretrained", classmethod(load))
+    monkeypatch.setattr(readers, "answer_ids_batched", answers)
+    out = tmp_path / "rows.jsonl"
+    argv = ["--stage", "test", "--source", str(nq_file), "--lists", str(tmp_path / "lists"), "--out", str(out)]
+    hr.main(argv + ["--limit", "1", "--reader", "big"])
+    row = json.loads(out.read_text())
+    assert loaded == ["default", "big"] and answered_by == [reader]
+    assert row["reader"] == "big" and len(scorer.scored) == 5 and not reader.scored  # the scorer scored
+    assert reader.first_text and not scorer.first_text  # the reader's prompts
+    with pytest.raises(InputError, match="answered by big"):
+        hr.main(argv + ["--limit", "2"])
+
+
 def test_the_script_needs_a_stage_or_a_summary(hr, capsys):
     with pytest.raises(SystemExit):
         hr.main([])
