@@ -27,8 +27,9 @@ them, greedily (one answer per distinct context; rows appended per question, so 
 - ``full``      all k passages in retriever order.
 
 ``--reader NAME`` (a fetched model, e.g. ``qwen2.5-coder-0.5b``) answers from the kept passages instead of
-the scorer, the setting of a small model pruning for a bigger reader; the 135M model still scores. Rows
-name their reader; a rows file holds one reader's rows.
+the scorer, the setting of a small model pruning for a bigger reader; the 135M model still scores, so ``--weights``
+and the token shares (counted in its tokens) stay the scorer's. Rows name their reader; a rows file holds
+one reader's rows.
 
 ``--summary ROWS`` prints accuracy, gold-kept rate and token share per condition and budget, paired
 two-sided sign tests of every method against ``retriever`` and ``at2_only``, and (validation) the
@@ -338,7 +339,8 @@ def run(args) -> None:
     est = att.query_estimator("default-support")
     rank_weight = est.rank_weight
     grid = tuple(sorted({*GRID, rank_weight})) if args.stage == "validation" else ()
-    reader = AT2Attributor.from_pretrained(args.reader, max_new_tokens=32, device=args.device) if args.reader else att
+    reader = (AT2Attributor.from_pretrained(args.reader, None, max_new_tokens=32, device=args.device)  # answers only
+              if args.reader else att)
 
     def answer(prompts):
         return answer_ids_batched(reader, prompts, batch_size=args.batch_size, max_batch_tokens=args.batch_tokens or None)

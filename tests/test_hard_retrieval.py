@@ -288,7 +288,7 @@ def test_a_reader_answers_from_the_kept_passages_the_scorer_chose(hr, nq_file, t
     scorer, reader = FakeAttributor(), FakeAttributor()
     loaded = []
 
-    def load(cls, model="default", **kw):
+    def load(cls, model="default", estimator="default", **kw):
         loaded.append(model)
         return reader if model == "big" else scorer
 
@@ -309,6 +309,8 @@ def test_a_reader_answers_from_the_kept_passages_the_scorer_chose(hr, nq_file, t
     assert reader.first_text and not scorer.first_text  # the reader's prompts
     with pytest.raises(InputError, match="answered by big"):
         hr.main(argv + ["--limit", "2"])
+    hr.main(argv + ["--limit", "2", "--reader", "big"])  # the same reader resumes
+    assert [json.loads(line)["id"] for line in out.read_text().splitlines()] == ["q8", "q10"]
 
 
 def test_the_script_needs_a_stage_or_a_summary(hr, capsys):

@@ -85,9 +85,12 @@ def test_length_batches_cut_sorted_lengths_greedily_under_both_limits(budget, ma
 
 def test_batched_answers_do_not_depend_on_how_prompts_are_batched(setup):
     att, _, examples = setup
-    prompts = [att.prompt(ex["question"], ex["documents"][:n]).input_ids
-               for ex, n in zip(list(examples.values())[:6], [4, 1, 3, 1, 2, 4])]
+    cases = [(ex["question"], ex["documents"][:n]) for ex, n in zip(list(examples.values())[:6], [4, 1, 3, 1, 2, 4])]
+    prompts = [att.prompt(q, docs).input_ids for q, docs in cases]
     one_by_one = batched_answers(att, prompts, max_new_tokens=5, batch_size=1)
+    # the reference is the attributor's own generate, in the callers' order
+    assert one_by_one == [att.generate(q, docs, max_new_tokens=5).answer for q, docs in cases]
+    assert len(set(one_by_one)) > 1  # answers that differ, so a permuted order would show
     assert batched_answers(att, prompts, max_new_tokens=5, batch_size=8) == one_by_one
     budget = 2 * max(len(p) for p in prompts)  # mixed lengths: several batches of unequal rows
     assert len(length_batches([len(p) for p in prompts], max_batch=8, max_batch_tokens=budget)) > 1
