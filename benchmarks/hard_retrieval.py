@@ -29,7 +29,8 @@ them, greedily (one answer per distinct context; rows appended per question, so 
 ``--reader NAME`` (a fetched model, e.g. ``qwen2.5-coder-0.5b``) answers from the kept passages instead of
 the scorer, the setting of a small model pruning for a bigger reader; the 135M model still scores, so ``--weights``
 and the token shares (counted in its tokens) stay the scorer's. Rows name their reader; a rows file holds
-one reader's rows.
+one reader's rows. ``--conditions bm25-k10,bm25-k20`` evaluates only those conditions (rows record the set;
+a rows file holds one set), so a costlier reader can answer where the retriever errs most.
 
 ``--summary ROWS`` prints accuracy, gold-kept rate and token share per condition and budget, paired
 two-sided sign tests of every method against ``retriever`` and ``at2_only``, and (validation) the
@@ -228,9 +229,10 @@ def keep_sets(
 
 # -- the pruning evaluation ----------------------------------------------------------------------------
 
-def done_ids(path: str, split: str, reader: str = DEFAULT_READER) -> set[str]:
+def done_ids(path: str, split: str, reader: str = DEFAULT_READER, only: Sequence[str] | None = None) -> set[str]:
     """Ids of the questions a rows file already holds (none when it does not exist); rows of another
-    split or answered by another reader (rows without one: the scorer) mean the wrong file."""
+    split, answered by another reader (rows without one: the scorer) or over another set of conditions
+    (``only``; rows without one: all) mean the wrong file."""
     from at2_rag.errors import InputError
 
     if not os.path.exists(path):
@@ -245,6 +247,9 @@ def done_ids(path: str, split: str, reader: str = DEFAULT_READER) -> set[str]:
                 if row.get("reader", DEFAULT_READER) != reader:
                     raise InputError(f"{path} holds rows answered by {row.get('reader', DEFAULT_READER)}; "
                                      f"pass another --out for reader {reader}")
+                if row.get("only") != (list(only) if only else None):
+                    raise InputError(f"{path} holds rows over conditions {row.get('only') or 'all'}; "
+                                     f"pass another --out for conditions {','.join(only) if only else 'all'}")
                 done.add(row["id"])
     return done
 
@@ -259,11 +264,11 @@ def chosen_weights(path: str | None) -> dict[str, float]:
 
 def question_row(att, estimator, q: dict[str, Any], nq: dict[str, Any], passages: dict[str, dict[str, str]],
                  answer, *, rank_weight: float, grid: Sequence[float] = (), tuned: dict[str, float] | None = None,
-                 reader=None, reader_name: str = DEFAULT_READER) -> dict[str, Any]:
+                 reader=None, reader_name: str = DEFAULT_READER, only: Sequence[str] | None = None) -> dict[str, Any]:
     """One question's row: per condition whose list holds the gold passage, the support scores of its
     passages (one prefill, retriever order, ranks in metadata), what each method keeps and the reader's
     answer to it (the full context on test questions only). ``answer(prompts)`` answers a list of token-id
-    prompts; each distinct context once."""
+    prompts; each distinct context once. ``only``: evaluate just these conditions."""
     from at2_rag import RETRIEVAL_RANK_KEY
     from at2_rag.errors import InputError
     from at2_rag.research.ablation_data import support_documents
@@ -273,10 +278,10 @@ def question_row(att, estimator, q: dict[str, Any], nq: dict[str, Any], passages
     t0 = time.perf_counter()
     reader = reader or att
     row: dict[str, Any] = {"id": q["id"], "split": q["split"], "question": nq["question"], "answers": nq["answers"],
-                           "reader": reader_name, "rank_weight": rank_weight, "grid": {weight_name(w): w for w in grid}, "conditions": {}}
+                           "reader": reader_name, **({"only": list(only)} if only else {}), "rank_weight": rank_weight, "grid": {weight_name(w): w for w in grid}, "conditions": {}}
     contexts: dict[tuple[str, str], tuple[str, ...]] = {}  # (condition, method@budget) -> passage ids
     for cond, lst in q["lists"].items():
-        if lst["gold_rank"] is None:
+        if lst["gold_rank"] is None or (only and cond not in only):
             continue
         ex = {"id": q["id"], "documents": [
             {**passages[pid], "metadata": {RETRIEVAL_RANK_KEY: r}} for r, pid in enumerate(lst["ids"])]}
@@ -312,6 +317,20 @@ def question_row(att, estimator, q: dict[str, Any], nq: dict[str, Any], passages
     return row
 
 
+def parse_conditions(text: str | None, meta: dict[str, Any]) -> list[str] | None:
+    """``--conditions``: the named conditions in the lists' order, or None (all) without a value."""
+    from at2_rag.errors import InputError
+
+    if not text:
+        return None
+    names = [c.strip() for c in text.split(",") if c.strip()]
+    unknown = [c for c in names if c not in meta["conditions"]]
+    if unknown or not names:
+        raise InputError(f"--conditions {text!r}: unknown {', '.join(unknown) or 'empty'}; "
+                         f"choose from {','.join(meta['conditions'])}")
+    return [c for c in meta["conditions"] if c in names]
+
+
 def run(args) -> None:
     """The validation or test stage: append one row per question not yet in ``args.out``."""
     import torch
@@ -329,9 +348,11 @@ def run(args) -> None:
     rows, pool = nq_pool(args.source)
     by_id = {r["id"]: r for r in rows}
     passages = {p["id"]: p for p in pool}
-    questions = [q for q in lists if any(c["gold_rank"] is not None for c in q["lists"].values())][: args.limit]
+    only = parse_conditions(args.conditions, meta)
+    questions = [q for q in lists if any(c["gold_rank"] is not None for name, c in q["lists"].items()
+                                         if not only or name in only)][: args.limit]
     reader_name = args.reader or DEFAULT_READER
-    done = done_ids(args.out, args.stage, reader_name)
+    done = done_ids(args.out, args.stage, reader_name, only)
     todo = [q for q in questions if q["id"] not in done]
     tuned = chosen_weights(args.weights)
     print(f"{len(questions)} {args.stage} questions; {len(done)} done, {len(todo)} to go", flush=True)
@@ -348,7 +369,7 @@ def run(args) -> None:
     for q in todo:
         t0 = time.perf_counter()
         row = question_row(att, est, q, by_id[q["id"]], passages, answer, rank_weight=rank_weight, grid=grid,
-                           tuned=tuned, reader=reader, reader_name=reader_name)
+                           tuned=tuned, reader=reader, reader_name=reader_name, only=only)
         row["seconds"] = round(time.perf_counter() - t0, 1)
         with open(args.out, "a") as fh:
             fh.write(json.dumps(row, ensure_ascii=False) + "\n")
@@ -463,6 +484,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                     help="answers: rows × longest prompt per batch at most this (0: rows only)")
     ap.add_argument("--reader", default=None,
                     help="validation/test: a fetched model name that answers instead of the scorer (e.g. qwen2.5-coder-0.5b)")
+    ap.add_argument("--conditions", default=None,
+                    help="validation/test: only these conditions, comma-separated (e.g. bm25-k10,bm25-k20)")
     ap.add_argument("--device", default="cpu", help="validation/test: where the 135M model runs (cpu, cuda)")
     ap.add_argument("--out", default=None, help="validation/test: the rows file (appended; resumable)")
     ap.add_argument("--summary", default=None, help="a rows file to summarize")

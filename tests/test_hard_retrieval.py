@@ -313,6 +313,31 @@ def test_a_reader_answers_from_the_kept_passages_the_scorer_chose(hr, nq_file, t
     assert [json.loads(line)["id"] for line in out.read_text().splitlines()] == ["q8", "q10"]
 
 
+def test_conditions_limit_the_evaluation_and_the_rows_file(hr, nq_file, tmp_path, monkeypatch):
+    import readers
+
+    from at2_rag import AT2Attributor
+
+    hr.build(str(nq_file), str(tmp_path / "lists"), str(tmp_path / "lists.json"), None, HashEmbedder())
+    fake = FakeAttributor()
+    monkeypatch.setattr(AT2Attributor, "from_pretrained", classmethod(lambda cls, *a, **kw: fake))
+    monkeypatch.setattr(readers, "answer_ids_batched",
+                        lambda att, prompts, **kw: [att.first_text[tuple(p)] for p in prompts])
+    out = tmp_path / "rows.jsonl"
+    argv = ["--stage", "test", "--source", str(nq_file), "--lists", str(tmp_path / "lists"), "--out", str(out)]
+    hr.main(argv + ["--limit", "1", "--conditions", "bm25-k20, bm25-k10"])
+    row = json.loads(out.read_text())
+    assert row["only"] == ["bm25-k10", "bm25-k20"] == list(row["conditions"]) and len(fake.scored) == 2
+    with pytest.raises(InputError, match=r"over conditions \['bm25-k10', 'bm25-k20'\]; pass another --out for conditions all"):
+        hr.main(argv + ["--limit", "2"])
+    with pytest.raises(InputError, match="pass another --out for conditions bm25-k10"):
+        hr.main(argv + ["--limit", "2", "--conditions", "bm25-k10"])
+    with pytest.raises(InputError, match="unknown bm25-k5; choose from minilm-k10,"):
+        hr.main(argv + ["--conditions", "bm25-k5,bm25-k10"])
+    hr.main(argv + ["--limit", "2", "--conditions", "bm25-k10,bm25-k20"])  # the same set resumes
+    assert len(out.read_text().splitlines()) == 2 and len(fake.scored) == 4
+
+
 def test_the_script_needs_a_stage_or_a_summary(hr, capsys):
     with pytest.raises(SystemExit):
         hr.main([])
