@@ -49,7 +49,7 @@ rate, then to the weight nearest the fitted one.
 ``--limit 220`` test questions give at least 200 per condition (bm25-k10 holds the gold passage for 201
 of the first 215). Add ``--device cuda`` to run the model on a GPU. Cost on the 2-core CPU (float32):
 150 validation questions took 1.7 h (median 39 s a question, 18 s of it scoring; validation skips the
-full contexts, which choosing a weight never needs). A test question answers 22-29 distinct contexts,
+full contexts, which choosing a weight never needs), 220 test questions 4.0 h (median 65 s). A test question answers 22-29 distinct contexts,
 the five full ones (1,300-3,000 tokens) included; answers are batched under a token budget
 (``BATCH_TOKENS``), which halves their cost against a row cap alone. Both stages resume where they
 stopped; a rerun gives the same scores and answers.
