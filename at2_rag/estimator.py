@@ -53,6 +53,9 @@ keep their order, where a huge weight would turn every rank but the first into -
 SHIPPED_ESTIMATORS = ("default", "default-query", "default-support")
 """Estimators shipped for the default model: answer rows, question rows (the model's own answers),
 and question rows trained on reference answers (which sources support the right answer)."""
+SHIPPED_RUNGS = ("qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b")
+"""Fetchable models whose estimators may ship beside the default's as ``<name>``, ``<name>-query`` and
+``<name>-support``: a shipped name (``"default"``, ...) resolves to the one made for the loaded model."""
 
 
 @dataclass(frozen=True)
@@ -159,7 +162,11 @@ class Estimator:
                 )
                 return cls.uniform(model, kind)
             est.check_kind(kind)  # before the model check: a wrong kind is wrong for every model
-            if est.model.mismatch(ModelIdentity.of(model)):
+            ident = ModelIdentity.of(model)
+            if est.model.mismatch(ident):
+                own = cls._shipped_for(ident, kind, name[len("default"):])
+                if own is not None:
+                    return own
                 warnings.warn(
                     f"the shipped {kind} estimator was trained for {est.model.name}; the loaded model "
                     "differs, so uniform weights (average attention) are used instead",
@@ -171,6 +178,19 @@ class Estimator:
         est.check_model(model)
         est.check_kind(kind)
         return est
+
+    @classmethod
+    def _shipped_for(cls, ident: ModelIdentity, kind: FeatureKind, suffix: str) -> Estimator | None:
+        """The shipped ``kind`` estimator of a fetchable model (``<rung><suffix>``) whose layout is
+        ``ident``'s, or None when none is installed."""
+        for rung in SHIPPED_RUNGS:
+            try:
+                est = cls.load(rung + suffix)
+            except FileNotFoundError:
+                continue
+            if est.kind == kind and not est.model.mismatch(ident):
+                return est
+        return None
 
     def check_kind(self, kind: str) -> None:
         """Raise unless this estimator scores ``kind`` features (answer rows or question rows)."""

@@ -104,3 +104,32 @@ def test_missing_file_and_unknown_name():
         Estimator.load("/nonexistent/e.safetensors")
     with pytest.raises(FileNotFoundError, match="no estimator named"):
         Estimator.load("no-such-estimator")
+
+
+def test_shipped_names_resolve_to_the_loaded_models_own_estimators(tmp_path, monkeypatch):
+    """A fetchable model with estimators shipped as ``<name>``/``<name>-query`` gets them for the shipped
+    names; a kind with none shipped falls back to uniform weights, with a warning."""
+    import shutil
+    import warnings
+
+    import at2_rag.estimator as em
+
+    for name in ("default", "default-query"):
+        shutil.copy(em._ESTIMATORS_DIR / f"{name}.safetensors", tmp_path)
+    model = tiny_model("qwen2")
+    ident = ModelIdentity.of(model)
+    w = torch.rand(ident.num_layers, ident.num_heads)
+    Estimator(w, ident, "answer", {"method": "fit"}).save(tmp_path / f"{em.SHIPPED_RUNGS[0]}.safetensors")
+    other = ModelIdentity("Qwen2ForCausalLM", 5, 4, 256, "another layout")
+    Estimator(torch.rand(5, 4), other, "query", {}).save(tmp_path / f"{em.SHIPPED_RUNGS[1]}-query.safetensors")
+    monkeypatch.setattr(em, "_ESTIMATORS_DIR", tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        est = Estimator.resolve("default", model, "answer")
+    assert torch.equal(est.weights, w) and est.kind == "answer"
+    with pytest.warns(UserWarning, match="trained for .*uniform weights"):
+        query = Estimator.resolve("default", model, "query")  # the only query rung is another layout
+    assert torch.equal(query.weights, Estimator.uniform(model, "query").weights)
+    llama = tiny_model("llama")
+    with pytest.warns(UserWarning, match="uniform weights"):  # no rung has its layout
+        assert torch.equal(Estimator.resolve("default", llama, "answer").weights, Estimator.uniform(llama).weights)
