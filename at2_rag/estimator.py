@@ -398,6 +398,11 @@ def _shown(value: Any) -> str:
     return shown if len(shown) <= 60 else shown[:57] + "..."
 
 
+def installed_names() -> list[str]:
+    """Names of the estimators shipped with the package: the default model's and any fetchable model's."""
+    return sorted(p.stem for p in _ESTIMATORS_DIR.glob("*.safetensors"))
+
+
 def resolve(name: str | os.PathLike) -> Path:
     """Path of an estimator given as a file path or as the name of a shipped estimator."""
     path = Path(name)
@@ -408,7 +413,7 @@ def resolve(name: str | os.PathLike) -> Path:
     shipped = _ESTIMATORS_DIR / f"{name}.safetensors"
     if shipped.exists():
         return shipped
-    available = sorted(p.stem for p in _ESTIMATORS_DIR.glob("*.safetensors"))
+    available = installed_names()
     raise FileNotFoundError(
         f"no estimator named {str(name)!r}: pass a .safetensors path or one of {available or 'the shipped names (none installed)'}"
     )

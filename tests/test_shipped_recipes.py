@@ -7,10 +7,14 @@ import json
 import pytest
 
 from at2_rag import Estimator
-from at2_rag.estimator import SHIPPED_ESTIMATORS
+from at2_rag.estimator import SHIPPED_ESTIMATORS, installed_names
 
 
-@pytest.mark.parametrize("name", [n for n in SHIPPED_ESTIMATORS])
+def test_the_default_models_estimators_are_installed():
+    assert set(SHIPPED_ESTIMATORS) <= set(installed_names())
+
+
+@pytest.mark.parametrize("name", installed_names())
 def test_recipes_name_files_not_paths(name):
     recipe = Estimator.load(name).recipe
     assert recipe, "a shipped estimator records its recipe"

@@ -103,11 +103,11 @@ def read_text_file(path: str, what: str = "document file") -> str:
 def estimator_file(value: str | None, kind: str = "answer") -> None:
     """An ``--estimator`` that is a path (not a shipped name or 'none') must exist; a shipped name must
     be of ``kind`` (checked from its file, before any model loads)."""
-    from ..estimator import SHIPPED_ESTIMATORS, Estimator
+    from ..estimator import Estimator, installed_names
 
     if value is None or value == "default":
         return
-    if value in SHIPPED_ESTIMATORS:
+    if value in installed_names():
         Estimator.load(value).check_kind(kind)
         return
     p = Path(value)
@@ -115,7 +115,7 @@ def estimator_file(value: str | None, kind: str = "answer") -> None:
         input_file(value, "estimator file")
         return
     raise InputError(
-        f"no estimator named {value!r}: pass a .safetensors file, 'none', or one of {list(SHIPPED_ESTIMATORS)}"
+        f"no estimator named {value!r}: pass a .safetensors file, 'none', or one of {installed_names()}"
     )
 
 
