@@ -23,3 +23,21 @@ def test_recipes_name_files_not_paths(name):
     data = recipe.get("data", {})
     if isinstance(data, dict) and "data" in data:
         assert "/" not in data["data"], data["data"]
+
+
+@pytest.mark.parametrize("name", [n for n in installed_names() if n.startswith("qwen2.5-coder-0.5b")])
+def test_the_05b_estimators_are_made_for_the_05b_layout(name):
+    """Qwen2.5-Coder-0.5B's GGUF header: 24 layers of 14 heads, a 151,936-token vocabulary; where the model
+    is fetched, its identity read from the config must match too."""
+    from at2_rag import ModelIdentity
+    from at2_rag.errors import ModelNotAvailableError
+    from at2_rag.models import model_identity
+
+    est = Estimator.load(name)
+    assert est.model.mismatch(ModelIdentity("Qwen2ForCausalLM", 24, 14, 151936)) is None
+    assert est.kind == ("query" if name.endswith("-query") else "answer")
+    try:
+        ident = model_identity("qwen2.5-coder-0.5b")
+    except ModelNotAvailableError:
+        return
+    assert est.model.mismatch(ident) is None
