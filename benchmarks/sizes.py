@@ -134,7 +134,11 @@ def faithfulness(args) -> None:
 
 
 def plot(out: dict, png: Path) -> None:
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:  # the numbers are written already; the plot is optional
+        print(f"no plot: matplotlib is missing; pip install 'at2-rag[bench]' and rerun for {png.name}")
+        return
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
