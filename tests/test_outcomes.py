@@ -313,6 +313,22 @@ def test_fit_model_command_goes_from_a_model_folder_to_three_estimators_and_resu
     assert "answer: held-out LDS" in out and "query: held-out LDS" in out and "support: held-out Pearson" in out
 
 
+def test_fit_model_support_masks_sets_the_support_ablations_alone(setup, tmp_path):
+    from at2_rag.app import cli
+    from at2_rag.estimator import Estimator
+    from at2_rag.research.shards import read_recipe
+
+    att, data, _ = setup
+    argv = ["fit-model", "--model", str(att.model.name_or_path), "--data", str(data), "--kinds", "support",
+            "--out", str(tmp_path / "est.safetensors"), "--work", str(tmp_path / "work"), "--limit", "4",
+            "--support-masks", "3", "--holdout", "0.34"]
+    assert cli.main(argv) == 0
+    assert read_recipe(tmp_path / "work" / "support")["n_masks"] == 3
+    support = Estimator.load(tmp_path / "est-support.safetensors")
+    assert support.recipe["data"]["n_masks"] == 3
+    assert not (tmp_path / "work" / "outcomes").exists()  # answer outcomes were not asked for
+
+
 def test_fit_model_refuses_bad_kinds_and_support_without_reference_answers(setup, tmp_path, capsys):
     from at2_rag.app import cli
     from at2_rag.research.fit_model import fit_model

@@ -262,7 +262,7 @@ def cmd_fit_model(args) -> int:
     fit_model(
         _attributor(args), args.data, args.out, args.work, kinds=args.kinds, k=args.k, limit=args.limit,
         n_masks=args.masks, max_new_tokens=args.max_new_tokens, holdout=args.holdout,
-        max_batch_tokens=args.max_batch_tokens, support_limit=args.support_limit,
+        max_batch_tokens=args.max_batch_tokens, support_limit=args.support_limit, support_masks=args.support_masks,
         shard_size=args.shard_size, ray=ray,
     )
     return 0
@@ -434,6 +434,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="tokens per batched forward pass of the ablation engine (raise on a large GPU)")
     p.add_argument("--support-limit", type=positive_int, default=None,
                    help="use at most this many train examples for the support estimator (--limit)")
+    p.add_argument("--support-masks", type=masks_count, default=16,
+                   help="random ablations per support example and document order (16, as the shipped ones)")
     p.add_argument("--shard-size", type=positive_int, default=64,
                    help="examples per data shard (smaller: a stopped run keeps more finished work)")
     _add_ray_args(p)

@@ -86,6 +86,7 @@ def fit_model(
     holdout: float = 0.15,
     max_batch_tokens: int = 16384,
     support_limit: int | None = None,
+    support_masks: int = 16,
     shard_size: int = 64,
     progress: bool = True,
     log: Callable[[str], None] = print,
@@ -97,7 +98,8 @@ def fit_model(
     The last ``holdout`` fraction of the examples is kept out of every fit and reports each estimator's
     held-out score next to average attention's (the uniform weights) on the same questions: LDS for
     answer and query, Pearson and gold-document-first for support. Support data needs reference
-    answers in the data (``answers``) and uses the first ``support_limit`` examples (default ``limit``).
+    answers in the data (``answers``) and uses the first ``support_limit`` examples (default ``limit``),
+    ``support_masks`` random ablations each (16, the shipped support estimators' protocol).
     ``shard_size``: examples per data shard; a smaller one keeps more of a slow run that is stopped.
     ``ray``: the keyword arguments of :func:`~at2_rag.research.distributed.generate_with_ray` (``model``,
     ``address``, ``workers``, ``gpus_per_worker``, ``device``, ``dtype``) to make the shards on a Ray cluster.
@@ -136,7 +138,8 @@ def fit_model(
                 save(kind, *_fit_lds_kind(kind, fit_rows, held, ident, recipe))
     if "support" in kinds:
         log("support data: reference-answer ablations over whole documents (resumable) ...")
-        _generate(att, data, work / "support", "support", dict(split="train", limit=support_limit or limit, shard_size=shard_size),
+        _generate(att, data, work / "support", "support", dict(split="train", limit=support_limit or limit, n_masks=support_masks,
+                                                               shard_size=shard_size),
                   progress, ray)
         records = load_records(work / "support")
         train, held_records = _split(records, holdout, lambda r: r[1]["id"])
