@@ -9,7 +9,10 @@ its retriever rank in metadata) a pruner keeps 1, 2 or 3 passages and the *reade
 - ``proxy_uniform``  the 135M model's training-free signal: average attention of the question rows
                      minus that of a content-free question (no estimator at all);
 - ``reader_uniform`` the same training-free signal from the reader's own attention (its own pass);
-- ``retriever``      the retriever's first passages (by rank).
+- ``retriever``      the retriever's first passages (by rank);
+- ``reader_support`` / ``reader_default``  the reader's own *trained* support estimator, alone and fused
+                     with the rank as ``Pruner`` does (``--stage add-reader-support``: added to a finished
+                     rows file, answering only the contexts it has not answered yet).
 
 ``full`` (all ten) and ``gold`` (the gold passage alone) bound them. Accuracy: a normalised reference
 answer occurs in the normalised answer. Every method's kept passages are recorded, so gold-kept rates
@@ -20,6 +23,8 @@ at one passage only, to bound the CPU cost). Rows are appended per question (res
         --out benchmarks/out/bigger-reader-0.5b-test.jsonl
     python benchmarks/bigger_reader.py --summary benchmarks/out/bigger-reader-0.5b-test.jsonl \\
         --json benchmarks/out/bigger-reader-0.5b-test.json
+    python benchmarks/bigger_reader.py --stage add-reader-support --rows benchmarks/out/bigger-reader-0.5b-test.jsonl \\
+        --out benchmarks/out/bigger-reader-0.5b-test-support.jsonl
 """
 
 from __future__ import annotations
@@ -82,19 +87,33 @@ def signals(args) -> None:
 
     examples = [e for e in read_jsonl(args.data, split="validation") if e.get("gold_rank") is not None][: args.limit]
     models = {"proxy": AT2Attributor.from_pretrained("default"), "reader": AT2Attributor.from_pretrained(args.reader)}
-    hits = {m: {v: 0 for v in SIGNAL_VARIANTS} for m in models}
+    trained = {m: att.query_estimator("default-support") for m, att in models.items()}
+    trained = {m: est for m, est in trained.items() if est.recipe.get("target") == "reference answer (support)"}
+    hits = {m: {v: 0 for v in SIGNAL_VARIANTS + (("trained_support",) if m in trained else ())} for m in models}
+    per_question = []  # per question, model and form: gold first (1) or not (0), for paired tests
     for n, ex in enumerate(examples, 1):
         docs = support_documents(ex, 10, "shuffled")
         gold = {i for i, d in enumerate(docs) if d["id"] in set(ex["gold_document_ids"])}
+        before = {m: dict(h) for m, h in hits.items()}
         for m, att in models.items():
             prompt = att.prompt(ex["question"], docs, "document")
             raw, null = att.query_features(prompt, content_free=True)
             tokens = [s.token_end - s.token_start for s in prompt.sources]
             for v in SIGNAL_VARIANTS:
                 hits[m][v] += int(signal_variant(v, raw, null, tokens).argmax()) in gold
+            if m in trained:  # the model's shipped support estimator, for comparison (no rank)
+                est = trained[m]
+                own = est.source_scores(raw - null if est.calibration == "content-free" else raw)
+                hits[m]["trained_support"] += int(own.argmax()) in gold
+        per_question.append({"id": ex["id"], **{m: {v: h - before[m][v] for v, h in hv.items()} for m, hv in hits.items()}})
         print(n, {m: dict(h) for m, h in hits.items()}, flush=True)
     result = {"split": "validation", "order": "shuffled", "k": 10, "questions": len(examples), "reader": args.reader,
               "gold_first": {m: {v: h / len(examples) for v, h in hv.items()} for m, hv in hits.items()}}
+    for m in trained:  # the trained estimator against the chosen training-free form, paired
+        wins = sum(q[m]["trained_support"] > q[m]["difference"] for q in per_question)
+        losses = sum(q[m]["trained_support"] < q[m]["difference"] for q in per_question)
+        result.setdefault("trained_vs_difference", {})[m] = {"wins": wins, "losses": losses, "p": sign_test_p(wins, losses)}
+    result["per_question"] = per_question
     with open(args.json or "benchmarks/out/bigger-reader-signals-validation.json", "w") as fh:
         json.dump(result, fh, indent=1)
     print(json.dumps(result, indent=1))
@@ -177,6 +196,71 @@ def run(args) -> None:
                          for m, v in x["methods"].items() if "correct" in v and m.endswith("@1")), flush=True)
 
 
+def add_reader_support(args) -> None:
+    """Rows of ``--rows`` with the reader's own trained support pruner added (``reader_support``: its
+    shipped support estimator's scores; ``reader_default``: those fused with the retriever rank, as
+    ``Pruner`` does), each at 1–3 passages. Contexts the row already answered keep their answer (greedy,
+    the same prompt); only new ones are answered. Resumable: rows already in ``--out`` are skipped."""
+    from pruning_eval import done_ids
+    from readers import answer_ids_batched
+
+    from at2_rag import AT2Attributor, KeepPolicy, fused_scores
+    from at2_rag.research.data import is_correct
+
+    done = done_ids(args.out)
+    rows = [json.loads(line) for line in open(args.rows) if line.strip()]
+    rows = [r for r in rows if r["id"] not in done][: max(0, args.limit - len(done))]
+    print(f"{len(done)} done, {len(rows)} to go", flush=True)
+    if not rows:
+        return
+    reader = AT2Attributor.from_pretrained(rows[0]["reader"], max_new_tokens=32)
+    support = reader.query_estimator("default-support")
+    if support.recipe.get("target") != "reference answer (support)":
+        raise SystemExit(f"{rows[0]['reader']} has no shipped support estimator; fit one with at2-rag fit-model --kinds support")
+    rank_weight = support.recipe["fusion"]["rank_weight"]
+    examples = {e["id"]: e for e in _read_examples(args.data, args.split)}
+    for n_done, row in enumerate(rows, 1):
+        ex = examples[row["id"]]
+        by_id = {d["id"]: d for d in ex["documents"]}
+        gold_ids = set(ex["gold_document_ids"])
+        known, plan = {}, []
+        for order, o in row["orders"].items():
+            docs = [by_id[i] for i in o["doc_ids"]]
+            for m in o["methods"].values():
+                if "answer" in m:
+                    known[tuple(o["doc_ids"][i] for i in m["kept"])] = m["answer"]
+            t = time.perf_counter()
+            own, _, _ = question_scores(reader, support, row["question"], docs)
+            o["seconds"]["reader_support"] = time.perf_counter() - t
+            o["signals"]["reader_support"] = own
+            o["signals"]["reader_default"] = fused_scores(own, rank_weight, o["ranks"])
+            for method in ("reader_support", "reader_default"):
+                for n in BUDGETS:
+                    kept = KeepPolicy(top_k=n).select(o["signals"][method])
+                    o["methods"][f"{method}@{n}"] = {
+                        "kept": kept, "tokens": sum(o["tokens"][i] for i in kept),
+                        "gold_kept": any(o["doc_ids"][i] in gold_ids for i in kept)}
+                    plan.append((order, f"{method}@{n}", tuple(o["doc_ids"][i] for i in kept)))
+        new = list(dict.fromkeys(key for _, _, key in plan if key not in known))
+        t = time.perf_counter()
+        prompts = [reader.prompt(row["question"], [by_id[i] for i in key], "document").input_ids for key in new]
+        known.update(zip(new, answer_ids_batched(reader, prompts, batch_size=args.batch_size)))
+        row["support_answer_seconds"], row["support_new_contexts"] = time.perf_counter() - t, len(new)
+        for order, method, key in plan:
+            row["orders"][order]["methods"][method].update({"answer": known[key], "correct": is_correct(known[key], ex["answers"])})
+        with open(args.out, "a") as fh:
+            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+        print(f"[{n_done}/{len(rows)}] {row['id']} new contexts={len(new)} " + " ".join(
+            f"{o}:{m}={int(v['correct'])}" for o, x in row["orders"].items() for m, v in x["methods"].items()
+            if m.startswith("reader_") and "correct" in v), flush=True)
+
+
+def _read_examples(data: str, split: str) -> list[dict]:
+    from at2_rag.research.data import read_jsonl
+
+    return list(read_jsonl(data, split=split))
+
+
 def summary(path: str, out_json: str | None) -> dict:
     """Accuracy, gold-kept rate and token share per order, method and budget, with paired sign tests
     of every method against ``proxy_default``, ``retriever`` and ``reader_uniform`` at the same budget,
@@ -197,7 +281,7 @@ def summary(path: str, out_json: str | None) -> dict:
             if "correct" in got[0]:
                 entry["accuracy"] = sum(g["correct"] for g in got) / len(got)
                 budget = m.split("@")[1] if "@" in m else None
-                others = {ref: f"{ref}@{budget}" for ref in ("proxy_default", "retriever", "reader_uniform")}
+                others = {ref: f"{ref}@{budget}" for ref in ("proxy_default", "retriever", "reader_uniform", "reader_default")}
                 for ref, other in {**others, "full": "full"}.items():
                     if budget and other != m and "correct" in methods.get(other, {}):
                         wins = sum(a["correct"] and not r["orders"][order]["methods"][other]["correct"]
@@ -225,8 +309,10 @@ def main() -> None:
     ap.add_argument("--data", default="data/nq_rag.jsonl.gz")
     ap.add_argument("--reader", default="qwen2.5-coder-0.5b", help="the larger model that answers (a fetched name)")
     ap.add_argument("--split", default="test", choices=["validation", "test"])
-    ap.add_argument("--stage", default="run", choices=["run", "signals"],
-                    help="signals: compare training-free forms on validation questions (choose the form)")
+    ap.add_argument("--stage", default="run", choices=["run", "signals", "add-reader-support"],
+                    help="signals: compare training-free forms on validation questions (choose the form); "
+                         "add-reader-support: add the reader's trained support pruner to the rows of --rows")
+    ap.add_argument("--rows", default=None, help="with --stage add-reader-support: the finished rows file")
     ap.add_argument("--orders", default="shuffled,retriever")
     ap.add_argument("--limit", type=int, default=100)
     ap.add_argument("--batch-size", type=int, default=4)
@@ -238,6 +324,10 @@ def main() -> None:
         summary(args.summary, args.json)
     elif args.stage == "signals":
         signals(args)
+    elif args.stage == "add-reader-support":
+        if not args.rows or not args.out:
+            ap.error("--rows and --out are required to add the reader's support pruner")
+        add_reader_support(args)
     else:
         if not args.out:
             ap.error("--out is required to run")
