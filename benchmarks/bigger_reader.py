@@ -12,7 +12,8 @@ its retriever rank in metadata) a pruner keeps 1, 2 or 3 passages and the *reade
 - ``retriever``      the retriever's first passages (by rank);
 - ``reader_support`` / ``reader_default``  the reader's own *trained* support estimator, alone and fused
                      with the rank as ``Pruner`` does (``--stage add-reader-support``: added to a finished
-                     rows file, answering only the contexts it has not answered yet).
+                     rows file, answering only the contexts it has not answered yet; ``reader_support``
+                     at one passage only).
 
 ``full`` (all ten) and ``gold`` (the gold passage alone) bound them. Accuracy: a normalised reference
 answer occurs in the normalised answer. Every method's kept passages are recorded, so gold-kept rates
@@ -42,7 +43,7 @@ from at2_rag.research.evaluation.metrics import sign_test_p  # noqa: E402
 BUDGETS = (1, 2, 3)
 ANSWERED = {  # method -> budgets the reader answers for (the others: kept passages only)
     "proxy_default": BUDGETS, "reader_uniform": BUDGETS, "retriever": BUDGETS,
-    "proxy_support": (1,), "proxy_uniform": (1,),
+    "proxy_support": (1,), "proxy_uniform": (1,), "reader_default": BUDGETS, "reader_support": (1,),
 }
 
 
@@ -240,7 +241,8 @@ def add_reader_support(args) -> None:
                     o["methods"][f"{method}@{n}"] = {
                         "kept": kept, "tokens": sum(o["tokens"][i] for i in kept),
                         "gold_kept": any(o["doc_ids"][i] in gold_ids for i in kept)}
-                    plan.append((order, f"{method}@{n}", tuple(o["doc_ids"][i] for i in kept)))
+                    if n in ANSWERED[method]:
+                        plan.append((order, f"{method}@{n}", tuple(o["doc_ids"][i] for i in kept)))
         new = list(dict.fromkeys(key for _, _, key in plan if key not in known))
         t = time.perf_counter()
         prompts = [reader.prompt(row["question"], [by_id[i] for i in key], "document").input_ids for key in new]
