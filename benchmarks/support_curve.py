@@ -22,7 +22,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from at2_rag.research.fit_model import _split  # noqa: E402
+from at2_rag.research.fit_model import holdout_split  # noqa: E402
 from at2_rag.research.shards import load_records  # noqa: E402
 from at2_rag.research.support_fit import fit_support, gold_first, support_pearson  # noqa: E402
 
@@ -59,7 +59,7 @@ def main() -> None:
         keep = set(ids[:n])
         for m in (int(x) for x in args.masks.split(",")):
             records = first_masks([r for r in train if r[1]["id"] in keep], m)
-            fit, held = _split(records, 0.15, lambda r: r[1]["id"])
+            fit, held = holdout_split(records, 0.15, lambda r: r[1]["id"])
             weights, calibration, report = fit_support(fit, held, log=None)
             row = {"questions": n, "masks": m, "calibration": calibration,
                    "holdout_pearson": report["holdout_pearson"], "rank_weight": report["fusion"]["rank_weight"],

@@ -130,7 +130,7 @@ def fit_model(
         _generate(att, data, work / "outcomes", "outcomes", options, progress, ray)
         log("features, one pass per question (cached) ...")
         rows = cached_features(att, work / "outcomes", data, work / "features", progress=progress)
-        fit_rows, held = _split(rows, holdout, lambda r: r[0]["id"])
+        fit_rows, held = holdout_split(rows, holdout, lambda r: r[0]["id"])
         recipe, _ = read_outcomes(work / "outcomes")
         for kind in ("answer", "query"):
             if kind in kinds:
@@ -142,7 +142,7 @@ def fit_model(
                                                                shard_size=shard_size),
                   progress, ray)
         records = load_records(work / "support")
-        train, held_records = _split(records, holdout, lambda r: r[1]["id"])
+        train, held_records = holdout_split(records, holdout, lambda r: r[1]["id"])
         log(f"fitting the support estimator on {len(train)} records, {len(held_records)} held out ...")
         weights, calibration, report = fit_support(train, held_records, log=None)
         support_recipe = portable_recipe(read_recipe(work / "support") or {})
@@ -164,7 +164,7 @@ def _generate(att, data, out_dir: Path, kind: str, options: dict, progress: bool
         generate_support_data(att, data, out_dir, progress=progress, **options)
 
 
-def _split(items: Sequence, holdout: float, example_id: Callable) -> tuple[list, list]:
+def holdout_split(items: Sequence, holdout: float, example_id: Callable) -> tuple[list, list]:
     """Items of the first examples to fit, those of the last ``holdout`` fraction of examples to report."""
     ids = list(dict.fromkeys(example_id(x) for x in items))
     n_held = max(1, round(len(ids) * holdout))
@@ -204,4 +204,4 @@ def _summary(report: dict[str, Any]) -> str:
     return line + f", rank weight {report['fusion']['rank_weight']:.2f}"
 
 
-__all__ = ["DEFAULT_KINDS", "estimator_paths", "fit_model", "fit_outcomes", "holdout_lds"]
+__all__ = ["DEFAULT_KINDS", "estimator_paths", "fit_model", "fit_outcomes", "holdout_lds", "holdout_split"]
