@@ -263,10 +263,20 @@ def _read_examples(data: str, split: str) -> list[dict]:
     return list(read_jsonl(data, split=split))
 
 
+REFERENCES = ("proxy_default", "retriever", "reader_uniform", "reader_default", "proxy_support", "reader_support")
+"""The methods every other is compared with, paired, at the same budget (and the full context)."""
+
+
+def paired(ours: list, theirs: list) -> dict:
+    """Sign test of two paired yes/no outcomes: questions only ``ours`` gets right (wins) against the reverse."""
+    wins = sum(bool(a) and not b for a, b in zip(ours, theirs))
+    losses = sum(bool(b) and not a for a, b in zip(ours, theirs))
+    return {"wins": wins, "losses": losses, "p": sign_test_p(wins, losses)}
+
+
 def summary(path: str, out_json: str | None) -> dict:
-    """Accuracy, gold-kept rate and token share per order, method and budget, with paired sign tests
-    of every method against ``proxy_default``, ``retriever`` and ``reader_uniform`` at the same budget,
-    and against the full context."""
+    """Accuracy, gold-kept rate and token share per order, method and budget, with paired sign tests of
+    both against each of :data:`REFERENCES` at the same budget (accuracy also against the full context)."""
     rows = [json.loads(line) for line in open(path) if line.strip()]
     result = {"questions": len(rows), "reader": rows[0]["reader"] if rows else None, "orders": {},
               "gold": sum(r["gold"]["correct"] for r in rows) / max(len(rows), 1)}
@@ -278,19 +288,16 @@ def summary(path: str, out_json: str | None) -> dict:
             got = [r["orders"][order]["methods"][m] for r in rs]
             total = [sum(r["orders"][order]["tokens"]) for r in rs]
             entry = {"token_share": sum(g["tokens"] for g in got) / sum(total)}
-            if "gold_kept" in got[0]:
-                entry["gold_kept"] = sum(g["gold_kept"] for g in got) / len(got)
-            if "correct" in got[0]:
-                entry["accuracy"] = sum(g["correct"] for g in got) / len(got)
-                budget = m.split("@")[1] if "@" in m else None
-                others = {ref: f"{ref}@{budget}" for ref in ("proxy_default", "retriever", "reader_uniform", "reader_default")}
-                for ref, other in {**others, "full": "full"}.items():
-                    if budget and other != m and "correct" in methods.get(other, {}):
-                        wins = sum(a["correct"] and not r["orders"][order]["methods"][other]["correct"]
-                                   for a, r in zip(got, rs))
-                        losses = sum(r["orders"][order]["methods"][other]["correct"] and not a["correct"]
-                                     for a, r in zip(got, rs))
-                        entry[f"vs_{ref}"] = {"wins": wins, "losses": losses, "p": sign_test_p(wins, losses)}
+            budget = m.split("@")[1] if "@" in m else None
+            refs = {ref: f"{ref}@{budget}" for ref in REFERENCES} if budget else {}
+            for field, name, prefix in (("gold_kept", "gold_kept", "gold_vs_"), ("correct", "accuracy", "vs_")):
+                if field not in got[0]:
+                    continue
+                entry[name] = sum(g[field] for g in got) / len(got)
+                for ref, other in ({**refs, "full": "full"} if budget else {}).items():
+                    if other != m and field in methods.get(other, {}):
+                        theirs = [r["orders"][order]["methods"][other][field] for r in rs]
+                        entry[prefix + ref] = paired([g[field] for g in got], theirs)
             table[m] = entry
         result["orders"][order] = {"questions": len(rs), "methods": table}
     if out_json:
@@ -299,7 +306,7 @@ def summary(path: str, out_json: str | None) -> dict:
     for order, o in result["orders"].items():
         print(f"\n{order} order, {o['questions']} questions (reader {result['reader']}, gold alone {result['gold']:.1%})")
         for m, e in o["methods"].items():
-            tests = " ".join(f"{k}={v['wins']}-{v['losses']} p={v['p']:.2f}" for k, v in e.items() if k.startswith("vs_"))
+            tests = " ".join(f"{k}={v['wins']}-{v['losses']} p={v['p']:.2g}" for k, v in e.items() if "vs_" in k)
             acc = f"{e['accuracy']:.1%}" if "accuracy" in e else "   -  "
             gk = f"{e['gold_kept']:.1%}" if "gold_kept" in e else "  -  "
             print(f"  {m:20s} acc {acc:>6s}  gold kept {gk:>6s}  tokens {e['token_share']:.1%}  {tests}")

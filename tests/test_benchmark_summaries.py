@@ -90,3 +90,22 @@ def test_bigger_reader_summary_tests_every_budget_against_the_full_context(tmp_p
     assert entry["vs_full"]["wins"] == 6 and entry["vs_full"]["losses"] == 1
     assert entry["vs_full"]["p"] == pytest.approx(2 * 8 / 128)  # two-sided: P(X <= 1), X ~ Bin(7, 1/2)
     assert "vs_full" not in out["orders"]["shuffled"]["methods"]["full"]
+
+
+def test_bigger_reader_summary_pairs_gold_kept_even_where_nothing_was_answered(tmp_path):
+    br = load("bigger_reader")
+
+    def order(ours_gold, theirs_gold):
+        return {"tokens": [10, 10], "methods": {
+            "reader_support@2": {"kept": [0, 1], "tokens": 20, "gold_kept": ours_gold},
+            "proxy_support@2": {"kept": [1, 0], "tokens": 20, "gold_kept": theirs_gold},
+            "full": {"tokens": 20, "correct": True}}}
+
+    pairs = [(True, False)] * 5 + [(False, True)] * 2 + [(True, True)] * 3
+    rows = [{"id": str(i), "reader": "r", "gold": {"correct": True}, "orders": {"shuffled": order(a, b)}}
+            for i, (a, b) in enumerate(pairs)]
+    entry = br.summary(write_rows(tmp_path / "rows.jsonl", rows), None)["orders"]["shuffled"]["methods"]["reader_support@2"]
+    assert entry["gold_kept"] == pytest.approx(0.8)
+    assert (entry["gold_vs_proxy_support"]["wins"], entry["gold_vs_proxy_support"]["losses"]) == (5, 2)
+    assert entry["gold_vs_proxy_support"]["p"] == pytest.approx(2 * 29 / 128)  # P(X <= 2), X ~ Bin(7, 1/2)
+    assert "accuracy" not in entry and not any(k.startswith("vs_") for k in entry)  # never answered: no accuracy tests
