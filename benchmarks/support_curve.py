@@ -3,7 +3,8 @@
 The 0.5B model's support estimator is fitted on far less data than the shipped 135M one (CPU time).
 This asks, on the 135M model whose 500 train questions x 16 masks are committed, what a smaller set
 costs: the first N train questions with the first M masks of each, fitted exactly as ``fit-model``
-fits (``fit_support`` after holding out the last 15% of the N questions), scored on the committed
+fits its trained weights (``fit_support`` after holding out the last 15% of the N questions, without
+the fall-back to the training-free signal, so each row is what training alone gives), scored on the committed
 *validation* shards (k = 10, retriever and shuffled order) by how often the gold passage scores first
 and by held-out Pearson, next to the training-free signal (uniform weights, content-free calibrated).
 No model is run.
@@ -60,7 +61,7 @@ def main() -> None:
         for m in (int(x) for x in args.masks.split(",")):
             records = first_masks([r for r in train if r[1]["id"] in keep], m)
             fit, held = holdout_split(records, 0.15, lambda r: r[1]["id"])
-            weights, calibration, report = fit_support(fit, held, log=None)
+            weights, calibration, report = fit_support(fit, held, keep_training_free=False, log=None)
             row = {"questions": n, "masks": m, "calibration": calibration,
                    "holdout_pearson": report["holdout_pearson"], "rank_weight": report["fusion"]["rank_weight"],
                    **scores(weights, calibration == "content-free", val)}

@@ -25,7 +25,7 @@ def test_recipes_name_files_not_paths(name):
         assert "/" not in data["data"], data["data"]
 
 
-@pytest.mark.parametrize("name", ["qwen2.5-coder-0.5b", "qwen2.5-coder-0.5b-query"])
+@pytest.mark.parametrize("name", ["qwen2.5-coder-0.5b", "qwen2.5-coder-0.5b-query", "qwen2.5-coder-0.5b-support"])
 def test_the_05b_estimators_are_made_for_the_05b_layout(name):
     """Qwen2.5-Coder-0.5B's GGUF header: 24 layers of 14 heads, a 151,936-token vocabulary; where the model
     is fetched, its identity read from the config must match too."""
@@ -35,7 +35,10 @@ def test_the_05b_estimators_are_made_for_the_05b_layout(name):
 
     est = Estimator.load(name)
     assert est.model.mismatch(ModelIdentity("Qwen2ForCausalLM", 24, 14, 151936)) is None
-    assert est.kind == ("query" if name.endswith("-query") else "answer")
+    assert est.kind == ("answer" if name == "qwen2.5-coder-0.5b" else "query")
+    if name.endswith("-support"):  # a support estimator says so, and carries the rank weight Pruner fuses
+        assert est.recipe["target"] == "reference answer (support)"
+        assert est.recipe["fusion"]["rank_weight"] > 0
     try:
         ident = model_identity("qwen2.5-coder-0.5b")
     except ModelNotAvailableError:

@@ -320,6 +320,30 @@ def test_fit_support_keeps_the_calibration_that_predicts_held_out_targets_better
     assert report["holdout_pearson"] > 0.8 and report["holdout_gold_records"] == 10
 
 
+def test_fit_support_keeps_the_training_free_signal_when_trained_weights_predict_held_out_targets_worse():
+    """Held-out targets follow every head's calibrated attention equally (the training-free signal); the
+    training targets are mostly noise, so fitted weights can only do worse there."""
+    from at2_rag.research.support_fit import fit_support, support_pearson
+
+    recs = _support_records(16)
+    g = torch.Generator().manual_seed(3)
+    for i, (t, _) in enumerate(recs):
+        t["query_null"] = torch.rand(t["query"].shape, generator=g)
+        t["masks"] = (torch.rand(8, 6, generator=g) < 0.5).to(torch.uint8)
+        x = (t["query"] - t["query_null"]).sum(dim=(0, 1))
+        noise = 5.0 * torch.randn(8, generator=g) if i < 12 else torch.zeros(8)
+        t["targets"] = (t["masks"].float() @ x + noise)[:, None].double()
+    weights, calibration, report = fit_support(recs[:12], recs[12:], log=None)
+    assert calibration == "content-free" and report["weights"].startswith("training-free")
+    assert torch.equal(weights, torch.full((2, 3), 1 / 6))
+    assert report["holdout_pearson"] == pytest.approx(1.0) == pytest.approx(support_pearson(weights, recs[12:], True))
+    assert report["holdout_pearson_trained"] < report["holdout_pearson"]
+    assert report["fusion"]["instances"] == 12 * 6
+    trained, _, plain = fit_support(recs[:12], recs[12:], keep_training_free=False, log=None)
+    assert plain["weights"] == "trained" and not torch.allclose(trained, weights)
+    assert plain["holdout_pearson"] == pytest.approx(report["holdout_pearson_trained"])
+
+
 def test_the_sentence_policy_keeps_each_documents_two_best_sentences():
     from at2_rag import SENTENCE_POLICY
 

@@ -146,7 +146,8 @@ def fit_model(
         log(f"fitting the support estimator on {len(train)} records, {len(held_records)} held out ...")
         weights, calibration, report = fit_support(train, held_records, log=None)
         support_recipe = portable_recipe(read_recipe(work / "support") or {})
-        est = Estimator(weights, ident, "query", {"method": "negative-pearson", "target": "reference answer (support)",
+        method = "negative-pearson" if report["weights"] == "trained" else "training-free"
+        est = Estimator(weights, ident, "query", {"method": method, "target": "reference answer (support)",
                                                   "data": support_recipe, **report}, calibration)
         save("support", est, report)
     return {kind: results[kind] for kind in kinds}
@@ -196,11 +197,14 @@ def _summary(report: dict[str, Any]) -> str:
     if "holdout_lds" in report:
         ours, base = report["holdout_lds"], report["holdout_lds_average_attention"]
         return f"held-out LDS {ours['mean']:.3f} ± {ours['stderr']:.3f} (average attention {base['mean']:.3f} ± {base['stderr']:.3f})"
-    line = (f"held-out Pearson {report['holdout_pearson']:.3f} (average attention "
+    line = (f"held-out Pearson {report['holdout_pearson']:.3f} (training-free "
             f"{report['holdout_pearson_average_attention']:.3f})")
     if report["holdout_gold_records"]:
-        line += (f", gold document first {report['holdout_gold_first']:.2f} (average attention "
+        line += (f", gold document first {report['holdout_gold_first']:.2f} (training-free "
                  f"{report['holdout_gold_first_average_attention']:.2f}) on {report['holdout_gold_records']} records")
+    if report.get("weights", "trained") != "trained":
+        line += (f"; the trained weights reached {report['holdout_pearson_trained']:.3f}, so the training-free "
+                 "signal is kept")
     return line + f", rank weight {report['fusion']['rank_weight']:.2f}"
 
 

@@ -76,11 +76,16 @@ def fit_rank_weight(records: Sequence[Record], weights: torch.Tensor, calibrated
             "rank_weight": max(0.0, rank_weight), "instances": len(y)}
 
 
-def fit_support(train: Sequence[Record], held: Sequence[Record], **fit_kwargs) -> tuple[torch.Tensor, str | None, dict]:
+def fit_support(train: Sequence[Record], held: Sequence[Record], *, keep_training_free: bool = True,
+                **fit_kwargs) -> tuple[torch.Tensor, str | None, dict]:
     """Support weights ``(L, H)``, their calibration (``"content-free"`` or None) and a report.
 
-    Both variants are fitted on ``train``; the one with the higher Pearson on ``held`` is kept, and the
-    rank weight is fitted on ``train``'s records of the largest k with it (where the rank matters most).
+    Both variants are fitted on ``train``; the one with the higher Pearson on ``held`` is kept. With
+    ``keep_training_free``, the training-free signal (uniform weights on content-free calibrated
+    features: average attention minus a content-free question's) is kept instead when it predicts
+    ``held`` better still, so a fit on too little data never ships a pruner worse than no training.
+    The rank weight is fitted on ``train``'s records of the largest k with the kept weights (where the
+    rank matters most).
     """
     if not train or not held:
         raise InputError("support fitting needs training and held-out records; give more examples")
@@ -91,13 +96,21 @@ def fit_support(train: Sequence[Record], held: Sequence[Record], **fit_kwargs) -
     calibrated = fitted[True][1] > fitted[False][1]
     weights, pearson = fitted[calibrated]
     uniform = torch.full_like(weights, 1.0 / weights.numel())
+    free_pearson = support_pearson(uniform, held, True)
+    report = {
+        "holdout_pearson_trained": pearson,
+        "holdout_pearson_other_calibration": fitted[not calibrated][1],
+        "holdout_pearson_average_attention": free_pearson,
+        "holdout_gold_first_trained": gold_first(held, weights, calibrated)[0],
+        "holdout_gold_first_average_attention": gold_first(held, uniform, True)[0],
+    }
+    free = keep_training_free and free_pearson > pearson
+    if free:
+        weights, calibrated, pearson = uniform, True, free_pearson
     first, n_gold = gold_first(held, weights, calibrated)
     report = {
-        "holdout_pearson": pearson,
-        "holdout_pearson_other_calibration": fitted[not calibrated][1],
-        "holdout_pearson_average_attention": support_pearson(uniform, held, calibrated),
-        "holdout_gold_first": first, "holdout_gold_first_average_attention": gold_first(held, uniform, calibrated)[0],
-        "holdout_gold_records": n_gold,
+        "weights": "training-free (held-out Pearson above the trained weights')" if free else "trained",
+        "holdout_pearson": pearson, "holdout_gold_first": first, "holdout_gold_records": n_gold, **report,
         "fusion": fit_rank_weight(train, weights, calibrated, k=max(m["k"] for _, m in train)),
     }
     return weights, "content-free" if calibrated else None, report
