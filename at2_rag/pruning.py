@@ -234,7 +234,7 @@ class Pruner:
         calibration = self._relevance_map(weight)
         by_relevance = self.threshold_scale == "relevance" and self.policy.threshold is not None
         if by_relevance and calibration is None:
-            raise InputError(self._uncalibrated_threshold())
+            raise InputError(self._uncalibrated_threshold() if not self._calibratable() else self._no_relevance_map(weight))
         att = self.attribute(question, docs)
         n_scored = len(att.prompt.documents)  # the first n_scored documents (the rest dropped for the window)
         doc_scores = att.document_scores().tolist()
@@ -280,6 +280,15 @@ class Pruner:
             f"threshold={self.policy.threshold} is a calibrated relevance (0-1), which exists only for whole "
             "documents scored in support or query mode with a shipped estimator and its fitted rank weight "
             f"(here: mode={self.mode!r}, sentence-level={self.sentence_policy is not None}); use top_k, "
+            "token_budget or relative instead"
+        )
+
+    def _no_relevance_map(self, rank_weight: float) -> str:
+        est = self.attributor.query_estimator(self.query_estimator)
+        return (
+            f"threshold={self.policy.threshold} is a calibrated relevance (0-1), but no relevance map ships for "
+            f"this {est.model.name or est.model.architecture} estimator with rank weight {rank_weight:g} (maps exist "
+            "for the bundled model's default-support and default-query, with or without ranks); use top_k, "
             "token_budget or relative instead"
         )
 
