@@ -289,12 +289,12 @@ def summary(path: str, out_json: str | None) -> dict:
             total = [sum(r["orders"][order]["tokens"]) for r in rs]
             entry = {"token_share": sum(g["tokens"] for g in got) / sum(total)}
             budget = m.split("@")[1] if "@" in m else None
-            refs = {ref: f"{ref}@{budget}" for ref in REFERENCES} if budget else {}
+            refs = {**{ref: f"{ref}@{budget}" for ref in REFERENCES}, "full": "full"} if budget else {}
             for field, name, prefix in (("gold_kept", "gold_kept", "gold_vs_"), ("correct", "accuracy", "vs_")):
                 if field not in got[0]:
                     continue
                 entry[name] = sum(g[field] for g in got) / len(got)
-                for ref, other in ({**refs, "full": "full"} if budget else {}).items():
+                for ref, other in refs.items():
                     if other != m and field in methods.get(other, {}):
                         theirs = [r["orders"][order]["methods"][other][field] for r in rs]
                         entry[prefix + ref] = paired([g[field] for g in got], theirs)
